@@ -1,0 +1,123 @@
+"""The ``nasopt`` command line.
+
+User errors (bad study file, unknown sampler, unreachable storage, missing data) end as one line
+on stderr and exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from nasopt.config import SAMPLERS, load_config
+from nasopt.errors import NasoptError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Architecture search for 3D lung-nodule classifiers.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare data sets into NoduleSet caches.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Study file (TOML); defaults if absent.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a study-file value: section.key=value.")]
+StorageOpt = Annotated[
+    Optional[str], typer.Option(help="Study storage URL (else $NASOPT_STORAGE, else sqlite:///storage/nasopt.db).")
+]
+
+
+@data_app.command("prepare")
+def data_prepare(
+    source: Annotated[str, typer.Option(help="phantom (embedded default), lidc, luna16 or nodulemnist3d.")] = "phantom",
+    config: ConfigOpt = None,
+    max_scans: Annotated[Optional[int], typer.Option(help="Phantom: use only the first N scans.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Phantom: texture and noise seed.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes preparing scans in parallel.")] = 1,
+    force: Annotated[bool, typer.Option(help="Prepare again even when the cache exists.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Prepare a data source into a cached NoduleSet (reused when inputs are unchanged)."""
+    from nasopt.data.prepare import REAL_SOURCES, prepare_phantom
+
+    overrides = list(set_ or []) + [f'data.source="{source}"']
+    if max_scans is not None:
+        overrides.append(f"data.max_scans={max_scans}")
+    if seed is not None:
+        overrides.append(f"data.seed={seed}")
+    cfg = load_config(config, overrides)
+    if cfg.data.source != "phantom":
+        raise NasoptError(
+            f"--source {source}: reading real data arrives in a later version; "
+            f"it will take {REAL_SOURCES[source]}"
+        )
+    t0 = time.perf_counter()
+    ns, path = prepare_phantom(cfg.data, workers=workers, progress=True, force=force)
+    n_mal = int(ns.labels.sum())
+    console.print(
+        f"{path}: {len(ns)} nodules ({len(ns) - n_mal} benign, {n_mal} malignant) from "
+        f"{len(set(ns.patients))} patients in {time.perf_counter() - t0:.1f} s "
+        "[dim](LIDC phantom: real annotations, synthetic CT intensities)[/dim]"
+    )
+
+
+@app.command()
+def search(
+    study: Annotated[str, typer.Option(help="Study name (created, or resumed when it exists).")] = "nasopt",
+    config: ConfigOpt = None,
+    storage: StorageOpt = None,
+    n_trials: Annotated[Optional[int], typer.Option(help="Trials this process runs.")] = None,
+    max_trials: Annotated[Optional[int], typer.Option(help="Complete trials in the whole study, all workers.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds this process runs.")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="nsga2, nsga3, tpe or random (else the study file's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    seed: Annotated[Optional[int], typer.Option(help="Sampler seed (else the study file's).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for this process.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run (or resume) a search and print its Pareto front."""
+    from nasopt.report import pareto_table
+    from nasopt.worker import Budget, run_search
+
+    if sampler is not None and sampler not in SAMPLERS:
+        raise NasoptError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    cfg = load_config(config, list(set_ or []))
+    result = run_search(
+        study, cfg, storage, Budget(n_trials, max_trials, timeout), sampler, device, seed, threads, console
+    )
+    console.print(pareto_table(result))
+
+
+@app.command()
+def front(study: Annotated[str, typer.Option(help="Study name.")] = "nasopt", storage: StorageOpt = None) -> None:
+    """Print the Pareto front of a study."""
+    from nasopt.report import pareto_table
+    from nasopt.study import load_study, open_storage
+
+    console.print(pareto_table(load_study(study, open_storage(storage, heartbeat=False))[0]))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except NasoptError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; run the same command again to resume")
+        sys.exit(130)
+    except (typer.Abort, typer.Exit) as exc:
+        sys.exit(getattr(exc, "exit_code", 1))
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The search space: an Optuna trial becomes an :class:`Architecture` plus training settings.
+
+The genome has a fixed length: every slot (blocks per stage, a width for every possible block,
+CBAM flags, margin, lr, batch size) is suggested on every trial, and unused slots are ignored
+when decoding. That keeps NSGA-II's crossover and mutation acting on the whole space. Decoding
+repairs the genome deterministically: too deep networks lose blocks from their deepest stages,
+too shallow ones gain blocks in their shallowest, and widths are made non-decreasing through the
+network by a running maximum.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from nasopt.config import SpaceSection
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A ResCBAM-3D network: widths of the residual blocks in each stage, CBAM flags, margin."""
+
+    stages: tuple[tuple[int, ...], ...]
+    cbam_stem: bool
+    cbam_stages: tuple[bool, ...]
+    margin: int
+    stem_width: int = 4
+
+    def __post_init__(self) -> None:
+        if len(self.cbam_stages) != len(self.stages) or not all(self.stages):
+            raise ValueError("Architecture: every stage needs at least one block and a CBAM flag")
+
+    @property
+    def depth(self) -> int:
+        return sum(len(s) for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stages": [list(s) for s in self.stages],
+            "cbam_stem": self.cbam_stem,
+            "cbam_stages": list(self.cbam_stages),
+            "margin": self.margin,
+            "stem_width": self.stem_width,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Architecture:
+        return cls(
+            stages=tuple(tuple(int(w) for w in s) for s in d["stages"]),
+            cbam_stem=bool(d["cbam_stem"]),
+            cbam_stages=tuple(bool(c) for c in d["cbam_stages"]),
+            margin=int(d["margin"]),
+            stem_width=int(d.get("stem_width", 4)),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def summary(self) -> str:
+        """Compact one-line form, e.g. ``4c | 16,32 c | 32,64 | 64,64,128 c | m4``."""
+        parts = [f"{self.stem_width}{'c' if self.cbam_stem else ''}"]
+        for widths, cbam in zip(self.stages, self.cbam_stages):
+            parts.append(",".join(map(str, widths)) + (" c" if cbam else ""))
+        return " | ".join(parts + [f"m{self.margin}"])
+
+
+#: The paper's default (largest published) network.
+PAPER_DEFAULT = Architecture(
+    stages=((64, 64, 64), (128, 128, 256), (256, 256, 256, 512)),
+    cbam_stem=True,
+    cbam_stages=(True, True, True),
+    margin=4,
+)
+
+
+def repair_depth(blocks: list[int], low: int, high: int) -> list[int]:
+    """Move total depth into [low, high]: trim the deepest stage (last on ties), grow the shallowest."""
+    blocks = list(blocks)
+    while sum(blocks) > high:
+        i = max(range(len(blocks)), key=lambda k: (blocks[k], k))
+        blocks[i] -= 1
+    while sum(blocks) < low:
+        i = min(range(len(blocks)), key=lambda k: (blocks[k], k))
+        blocks[i] += 1
+    return blocks
+
+
+def decode(params: dict[str, Any], space: SpaceSection) -> Architecture:
+    """Genome (a trial's params) -> repaired Architecture."""
+    lo, hi = space.blocks_per_stage
+    blocks = repair_depth(
+        [min(max(int(params[f"blocks_{s}"]), lo), hi) for s in range(space.stages)], *space.total_depth
+    )
+    stages: list[tuple[int, ...]] = []
+    running = space.stem_width if space.stem_width in space.widths else min(space.widths)
+    for s, n in enumerate(blocks):
+        widths = []
+        for b in range(n):
+            # Slots past the sampled maximum (a stage grown by repair) reuse the last slot.
+            running = max(running, int(params[f"width_{s}_{min(b, hi - 1)}"]))
+            widths.append(running)
+        stages.append(tuple(widths))
+    return Architecture(
+        stages=tuple(stages),
+        cbam_stem=bool(params["cbam_stem"]),
+        cbam_stages=tuple(bool(params[f"cbam_{s}"]) for s in range(space.stages)),
+        margin=int(params["margin"]),
+        stem_width=space.stem_width,
+    )
+
+
+def suggest(trial: optuna.Trial, space: SpaceSection) -> tuple[Architecture, dict[str, Any]]:
+    """Suggest every gene, decode, and record the architecture on the trial as ``arch``."""
+    lo, hi = space.blocks_per_stage
+    for s in range(space.stages):
+        trial.suggest_int(f"blocks_{s}", lo, hi)
+        for b in range(hi):
+            trial.suggest_categorical(f"width_{s}_{b}", space.widths)
+        trial.suggest_categorical(f"cbam_{s}", space.cbam)
+    trial.suggest_categorical("cbam_stem", space.cbam)
+    trial.suggest_categorical("margin", space.margins)
+    hparams = {
+        "lr": trial.suggest_float("lr", *space.lr, log=True),
+        "batch_size": trial.suggest_categorical("batch_size", space.batch_sizes),
+    }
+    arch = decode(trial.params, space)
+    trial.set_user_attr("arch", arch.to_dict())
+    trial.set_user_attr("arch_summary", arch.summary())
+    return arch, hparams

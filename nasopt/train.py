@@ -1,0 +1,203 @@
+"""fit(): train one architecture on one split and return metrics, curves, weights, predictions.
+
+The whole training set lives on the device as int16 crops; each step gathers a batch with the
+augmentation already applied (see ``augment.py``), normalizes with training statistics only,
+and runs forward, A-Softmax loss, backward and Adam. Validation runs every epoch, batched and
+without gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nasopt.augment import center_crop, crop_and_flip, zero_out
+from nasopt.config import TrainSection
+from nasopt.data.noduleset import NoduleSet
+from nasopt.errors import ConfigError
+from nasopt.metrics import binary_metrics
+from nasopt.model import AngularMarginLoss, ResCBAM3D, build_network, count_params
+from nasopt.space import Architecture
+
+EVAL_BATCH = 128
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the trial fails with this message."""
+
+
+@dataclass
+class FitResult:
+    """What one training produced."""
+
+    metrics: dict[str, float]
+    curve: list[dict[str, float]]
+    val_prob: np.ndarray
+    state_dict: dict[str, torch.Tensor]
+    norm: tuple[float, float]
+    params: int
+    seconds: float
+    train_samples_per_s: float
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else CPU; ``cuda:N`` is checked against the machine."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"--device {spec!r}: expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: this machine has no CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} GPU(s) here")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {spec!r}: expected cpu, cuda or cuda:N")
+    return device
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """bf16 pays on Ampere+ GPUs and on CPUs with AMX or AVX-512 BF16; elsewhere it is slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return bool(
+        getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+        or getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+    )
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    return precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
+
+
+def lr_factor(epoch: int, epochs: int, decay_start: float) -> float:
+    """Constant, then linear decay to 1/(remaining epochs) over the last part of training."""
+    start = int(decay_start * epochs)
+    if epoch < start or epochs == start:
+        return 1.0
+    return (epochs - epoch) / (epochs - start)
+
+
+def _to_device_int16(crops: np.ndarray, side: int, device: torch.device) -> torch.Tensor:
+    return center_crop(torch.from_numpy(np.ascontiguousarray(crops)), side).contiguous().to(device)
+
+
+def predict_proba(
+    model: ResCBAM3D,
+    crops: torch.Tensor,
+    norm: tuple[float, float],
+    input_size: int,
+    bf16: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Malignancy probability of every crop (B, S, S, S) on the model's device, no gradients."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for i in range(0, len(crops), EVAL_BATCH):
+            x = _normalize(center_crop(crops[i : i + EVAL_BATCH].to(device), input_size), norm)
+            x = x[:, None]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            out.append(F.softmax(model(x)[0].float(), dim=1)[:, 1])
+    return torch.cat(out)
+
+
+def _normalize(x: torch.Tensor, norm: tuple[float, float]) -> torch.Tensor:
+    return (x.float() - norm[0]) / norm[1]
+
+
+def fit(
+    arch: Architecture,
+    train: NoduleSet,
+    val: NoduleSet,
+    cfg: TrainSection,
+    *,
+    lr: float,
+    batch_size: int,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train ``arch`` on ``train``, validating on ``val`` each epoch."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    bf16 = use_bf16(cfg.precision, device)
+    memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+
+    side = cfg.input_size + 2 * cfg.max_shift
+    x_train = _to_device_int16(train.crops, side, device)
+    y_train = torch.from_numpy(train.labels).to(device)
+    x_val = _to_device_int16(val.crops, cfg.input_size, device)
+    centre = center_crop(torch.from_numpy(train.crops), cfg.input_size).double()
+    norm = (float(centre.mean()), float(centre.std().clamp_min(1e-6)))
+
+    model = build_network(arch).to(device, memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    base, gamma, lambda_min = cfg.margin_lambda
+    criterion = AngularMarginLoss(arch.margin, base=base, gamma=gamma, lambda_min=lambda_min)
+
+    n = len(x_train)
+    batch_size = min(batch_size, n)
+    steps = max(1, n // batch_size)  # drop the ragged last batch: batch norm dislikes tiny ones
+    curve: list[dict[str, float]] = []
+    t_train = 0.0
+    t0 = time.perf_counter()
+    val_prob = torch.empty(0)
+    for epoch in range(cfg.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_factor(epoch, cfg.epochs, cfg.lr_decay_start)
+        model.train()
+        t_epoch = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        order = torch.randperm(n, device=device, generator=gen)
+        for step in range(steps):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            x = crop_and_flip(x_train[idx], cfg.input_size, cfg.max_shift, cfg.flip, gen)
+            x = zero_out(_normalize(x, norm), cfg.zero_out, cfg.zero_out_p, gen)
+            x = x[:, None].contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(x)
+            loss = criterion(out, y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            criterion.step()
+            loss_sum += loss.detach()
+        train_loss = float(loss_sum) / steps  # one host sync per epoch, not per step
+        t_train += time.perf_counter() - t_epoch
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower the learning rate")
+
+        val_prob = predict_proba(model, x_val, norm, cfg.input_size, bf16, cfg.channels_last).cpu()
+        metrics = binary_metrics(val.labels, val_prob.numpy())
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
+        record.update({f"val_{k}": v for k, v in metrics.items()})
+        curve.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    seconds = time.perf_counter() - t0
+    return FitResult(
+        metrics=metrics,
+        curve=curve,
+        val_prob=val_prob.numpy(),
+        state_dict={k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        norm=norm,
+        params=count_params(model),
+        seconds=seconds,
+        train_samples_per_s=cfg.epochs * steps * batch_size / max(t_train, 1e-9),
+        extra={"bf16": bf16, "device": str(device)},
+    )

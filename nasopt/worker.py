@@ -1,0 +1,104 @@
+"""The worker loop: load the data and the study, then ask-train-tell until a budget runs out.
+
+Any number of workers, on any hosts, may run this loop against one storage: Optuna's RDB
+storage hands each trial to one worker, and the study-wide budget counts complete trials of
+every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+
+from nasopt.config import StudyConfig
+from nasopt.data.prepare import load_data
+from nasopt.data.splits import outer_folds, search_split
+from nasopt.objective import Objective
+from nasopt.study import completed_count, create_or_load, make_sampler, open_storage
+from nasopt.train import TrainingDiverged, resolve_device
+
+
+@dataclass
+class Budget:
+    n_trials: int | None = None  # trials this process runs
+    max_trials: int | None = None  # complete trials in the whole study
+    timeout: float | None = None  # seconds this process runs
+
+
+def artifact_store_for(cfg: StudyConfig) -> FileSystemArtifactStore:
+    """``NASOPT_ARTIFACTS`` (a folder every worker shares), else ``storage/artifacts``."""
+    root = Path(os.environ.get("NASOPT_ARTIFACTS") or Path(cfg.data.cache_dir).parent / "artifacts")
+    root.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(root))
+
+
+def _report(console: Console, cfg: StudyConfig):
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE:
+            a = trial.user_attrs
+            console.print(
+                f"trial {trial.number:>3}  val acc {a['val_accuracy']:.3f}  AUC {a['val_auc']:.3f}  "
+                f"params {a['params']:>10,}  {a['train_seconds']:6.1f} s  {a['arch_summary']}"
+            )
+        elif trial.state == TrialState.FAIL:
+            console.print(f"trial {trial.number:>3}  failed: {trial.system_attrs.get('fail_reason', '?')}")
+
+    return callback
+
+
+def run_search(
+    study_name: str,
+    cfg: StudyConfig,
+    storage_url: str | None,
+    budget: Budget,
+    sampler_name: str | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    threads: int | None = None,
+    console: Console | None = None,
+) -> optuna.Study:
+    """Create or resume ``study_name`` and run trials until the budget is spent."""
+    console = console or Console()
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    storage = open_storage(storage_url)
+    sampler = make_sampler(sampler_name or cfg.study.sampler, cfg, seed)
+    study = create_or_load(study_name, cfg, storage, sampler)
+
+    ns = load_data(cfg.data, progress=True)
+    folds = outer_folds(ns, cfg.split.n_folds, cfg.split.seed)
+    train_idx, val_idx = search_split(folds, cfg.split.test_fold, cfg.split.val_fold)
+    train, val = ns.subset(train_idx), ns.subset(val_idx)
+    console.print(
+        f"study {study_name!r}: {len(ns)} {ns.source} nodules; search trains on {len(train)}, "
+        f"validates on {len(val)} (fold {cfg.split.val_fold}); test fold {cfg.split.test_fold} held out"
+    )
+
+    callbacks = [_report(console, cfg)]
+    if budget.max_trials is not None:
+        if completed_count(study) >= budget.max_trials:
+            console.print(f"study already has {completed_count(study)} complete trials (budget {budget.max_trials})")
+            return study
+        callbacks.append(MaxTrialsCallback(budget.max_trials, states=(TrialState.COMPLETE,)))
+
+    objective = Objective(cfg, train, val, dev, artifacts=artifact_store_for(cfg))
+    optuna.logging.set_verbosity(logging.WARNING)
+    study.optimize(
+        objective,
+        n_trials=budget.n_trials,
+        timeout=budget.timeout,
+        catch=(TrainingDiverged,),
+        callbacks=callbacks,
+        gc_after_trial=True,
+    )
+    return study

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import torch
+
+from nasopt.checkpoint import load_weights, save_weights
+from nasopt.data.noduleset import NoduleSet
+from nasopt.errors import DataError
+from tests.conftest import blob_set
+
+
+def test_cache_round_trip_is_exact(tmp_path):
+    ns = blob_set(n=10, side=12)
+    ns.folds = np.arange(10) % 3
+    path = ns.save(tmp_path / "c" / "set.safetensors")
+    back = NoduleSet.load(path)
+    assert np.array_equal(back.crops, ns.crops) and back.crops.dtype == np.int16
+    assert np.array_equal(back.labels, ns.labels) and np.array_equal(back.folds, ns.folds)
+    assert back.meta == ns.meta and back.source == "toy" and back.params == ns.params
+    assert [p.name for p in path.parent.iterdir()] == ["set.safetensors"]  # no temp files left
+
+
+def test_damaged_or_missing_cache_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no such data cache"):
+        NoduleSet.load(tmp_path / "absent.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(DataError, match="not a readable nasopt data cache"):
+        NoduleSet.load(bad)
+
+
+def test_failed_save_keeps_the_old_cache(tmp_path):
+    path = blob_set(n=4, side=8).save(tmp_path / "set.safetensors")
+    before = path.read_bytes()
+    broken = blob_set(n=4, side=8)
+    broken.meta[0]["not_json"] = object()
+    with pytest.raises(TypeError):
+        broken.save(path)
+    assert path.read_bytes() == before
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_inconsistent_set_is_rejected():
+    with pytest.raises(DataError):
+        NoduleSet(np.zeros((3, 8, 8, 8), np.int16), np.zeros(2, np.int64), [{}] * 3, "x")
+
+
+def test_checkpoint_round_trip_never_unpickles(tmp_path):
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5)}
+    path = save_weights(tmp_path / "w.safetensors", tensors, {"arch": {"margin": 4}, "trial": 3})
+    back, header = load_weights(path)
+    assert header == {"arch": {"margin": 4}, "trial": 3}
+    assert all(torch.equal(back[k], tensors[k]) for k in tensors)
+    assert b"pickle" not in path.read_bytes()[:200]
+    with pytest.raises(DataError, match="no such checkpoint"):
+        load_weights(tmp_path / "nope.safetensors")

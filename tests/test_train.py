@@ -1,0 +1,60 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nasopt.config import TrainSection
+from nasopt.model import build_network, count_params
+from nasopt.space import Architecture
+from nasopt.train import TrainingDiverged, fit, lr_factor, predict_proba
+from tests.conftest import blob_set
+
+TINY = Architecture(((4,), (8,), (8,)), True, (True, False, True), 2)
+
+
+def test_fit_learns_a_separable_task_and_reports_everything():
+    ns = blob_set(n=160, seed=0)
+    cfg = TrainSection(epochs=6, precision="fp32")
+    seen = []
+    r = fit(TINY, ns.subset(np.arange(120)), ns.subset(np.arange(120, 160)), cfg, lr=3e-3, batch_size=16, on_epoch=seen.append)
+    assert r.metrics["auc"] > 0.9
+    assert set(r.metrics) == {"accuracy", "sensitivity", "specificity", "f1", "auc"}
+    assert len(r.curve) == 6 == len(seen) and r.curve[-1]["epoch"] == 6
+    assert r.curve[-1]["train_loss"] < r.curve[0]["train_loss"]
+    assert r.val_prob.shape == (40,) and np.all((r.val_prob >= 0) & (r.val_prob <= 1))
+    assert r.params == count_params(build_network(TINY))
+    assert r.train_samples_per_s > 0 and math.isfinite(r.norm[0]) and r.norm[1] > 0
+
+    # The returned weights and normalization reproduce the validation probabilities.
+    net = build_network(TINY)
+    net.load_state_dict(r.state_dict)
+    val = ns.subset(np.arange(120, 160))
+    prob = predict_proba(net, torch.from_numpy(val.crops), r.norm, 32, channels_last=True)
+    assert np.allclose(prob.numpy(), r.val_prob, atol=1e-5)
+
+
+def test_fit_is_deterministic_under_a_seed():
+    ns = blob_set(n=48, seed=1)
+    cfg = TrainSection(epochs=1, precision="fp32")
+    a, b = (fit(TINY, ns.subset(np.arange(32)), ns.subset(np.arange(32, 48)), cfg, lr=1e-3, batch_size=8, seed=5) for _ in range(2))
+    assert np.array_equal(a.val_prob, b.val_prob)
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+
+
+def test_bf16_autocast_path_trains():
+    ns = blob_set(n=40, side=40, seed=2)
+    r = fit(TINY, ns.subset(np.arange(32)), ns.subset(np.arange(32, 40)), TrainSection(epochs=1, precision="bf16"), lr=1e-3, batch_size=8)
+    assert r.extra["bf16"] is True and math.isfinite(r.curve[0]["train_loss"])
+
+
+def test_diverging_loss_fails_with_a_reason():
+    ns = blob_set(n=32, seed=3)
+    with pytest.raises(TrainingDiverged, match="loss became nan|loss became inf"):
+        fit(TINY, ns.subset(np.arange(24)), ns.subset(np.arange(24, 32)), TrainSection(epochs=3, precision="fp32"), lr=1e30, batch_size=8)
+
+
+def test_lr_schedule_is_constant_then_linear():
+    factors = [lr_factor(e, 10, 0.5) for e in range(10)]
+    assert factors[:5] == [1.0] * 5 and factors[5:] == [1.0, 0.8, 0.6, 0.4, 0.2]
+    assert lr_factor(0, 1, 1.0) == 1.0
