@@ -78,12 +78,12 @@ def search(
     set_: SetOpt = None,
 ) -> None:
     """Run (or resume) a search and print its Pareto front."""
+    if sampler is not None and sampler not in SAMPLERS:
+        raise NasoptError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    cfg = load_config(config, list(set_ or []))  # before the heavy imports: bad input fails fast
     from nasopt.report import pareto_table
     from nasopt.worker import Budget, run_search
 
-    if sampler is not None and sampler not in SAMPLERS:
-        raise NasoptError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    cfg = load_config(config, list(set_ or []))
     result = run_search(
         study, cfg, storage, Budget(n_trials, max_trials, timeout), sampler, device, seed, threads, console
     )
@@ -100,6 +100,9 @@ def front(study: Annotated[str, typer.Option(help="Study name.")] = "nasopt", st
 
 
 def main() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # nasopt prints its own progress
     try:
         app(standalone_mode=False)
     except NasoptError as exc:

@@ -89,6 +89,8 @@ class SpaceSection(_Section):
             )
         if not self.widths or sorted(set(self.widths)) != sorted(self.widths) or min(self.widths) < 1:
             raise ValueError("widths must be distinct positive integers")
+        if min(self.widths) < self.stem_width:
+            raise ValueError(f"widths must be >= stem_width ({self.stem_width}): widths never shrink")
         if not self.cbam or not set(self.cbam) <= {True, False}:
             raise ValueError("cbam must be a non-empty list of true/false")
         if not self.margins or any(m not in (1, 2, 3, 4) for m in self.margins):

@@ -5,7 +5,7 @@ CBAM flags, margin, lr, batch size) is suggested on every trial, and unused slot
 when decoding. That keeps NSGA-II's crossover and mutation acting on the whole space. Decoding
 repairs the genome deterministically: too deep networks lose blocks from their deepest stages,
 too shallow ones gain blocks in their shallowest, and widths are made non-decreasing through the
-network by a running maximum.
+network by sorting them.
 """
 
 from __future__ import annotations
@@ -94,15 +94,13 @@ def decode(params: dict[str, Any], space: SpaceSection) -> Architecture:
     blocks = repair_depth(
         [min(max(int(params[f"blocks_{s}"]), lo), hi) for s in range(space.stages)], *space.total_depth
     )
-    stages: list[tuple[int, ...]] = []
-    running = space.stem_width if space.stem_width in space.widths else min(space.widths)
-    for s, n in enumerate(blocks):
-        widths = []
-        for b in range(n):
-            # Slots past the sampled maximum (a stage grown by repair) reuse the last slot.
-            running = max(running, int(params[f"width_{s}_{min(b, hi - 1)}"]))
-            widths.append(running)
-        stages.append(tuple(widths))
+    # Sorting the active widths (rather than a running maximum) keeps the multiset of sampled
+    # widths, so a wide first block does not make the whole network wide.
+    widths = sorted(int(params[f"width_{s}_{min(b, hi - 1)}"]) for s, n in enumerate(blocks) for b in range(n))
+    stages, start = [], 0
+    for n in blocks:
+        stages.append(tuple(widths[start : start + n]))
+        start += n
     return Architecture(
         stages=tuple(stages),
         cbam_stem=bool(params["cbam_stem"]),

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
 from nasopt.config import StudyConfig, config_from_json
@@ -39,6 +40,20 @@ def redact(url: str) -> str:
         return "<unparseable storage URL>"
 
 
+def artifact_root(url: str) -> Path:
+    """Where trial artifacts go: ``$NASOPT_ARTIFACTS`` (a folder all workers share), else beside
+    a SQLite database (``storage/artifacts``), else ``storage/artifacts``."""
+    env = os.environ.get("NASOPT_ARTIFACTS")
+    if env:
+        root = Path(env)
+    else:
+        parsed = make_url(url)
+        db = parsed.database if parsed.get_backend_name() == "sqlite" else None
+        root = Path(db).parent / "artifacts" if db and db != ":memory:" else Path("storage/artifacts")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def _scrub(text: str, url: str) -> str:
     try:
         password = make_url(url).password
@@ -60,20 +75,21 @@ def open_storage(url: str | None = None, heartbeat: bool = True) -> RDBStorage:
             f"storage URL {redact(url)!r} is not a database URL; expected e.g. {DEFAULT_STORAGE} "
             "or postgresql+psycopg://user@host/db"
         ) from None
-    engine_kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs = _prepare_sqlite(parsed)
     else:
         engine_kwargs = {"pool_pre_ping": True}
     kwargs: dict[str, Any] = {}
-    if heartbeat:
-        kwargs = {
-            "heartbeat_interval": 60,
-            "grace_period": 180,
-            "failed_trial_callback": RetryFailedTrialCallback(max_retry=1),
-        }
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+            if heartbeat:
+                kwargs = {
+                    "heartbeat_interval": 60,
+                    "grace_period": 180,
+                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
+                }
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:  # drivers raise many types; all mean "cannot use this storage"
         reason = _scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
         raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
@@ -121,7 +137,9 @@ def create_or_load(
         raise ConfigError(f"study {name!r}: {exc}") from None
     stored = study.user_attrs.get(FINGERPRINT_ATTR)
     if stored is None:
-        study.set_metric_names(list(cfg.study.objectives))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(cfg.study.objectives))
         study.set_user_attr(CONFIG_ATTR, cfg.model_dump_json())
         study.set_user_attr(FINGERPRINT_ATTR, cfg.fingerprint())
     elif stored != cfg.fingerprint():

@@ -7,11 +7,7 @@ every worker.
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
-
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
@@ -23,7 +19,7 @@ from nasopt.config import StudyConfig
 from nasopt.data.prepare import load_data
 from nasopt.data.splits import outer_folds, search_split
 from nasopt.objective import Objective
-from nasopt.study import completed_count, create_or_load, make_sampler, open_storage
+from nasopt.study import artifact_root, completed_count, create_or_load, make_sampler, open_storage
 from nasopt.train import TrainingDiverged, resolve_device
 
 
@@ -32,13 +28,6 @@ class Budget:
     n_trials: int | None = None  # trials this process runs
     max_trials: int | None = None  # complete trials in the whole study
     timeout: float | None = None  # seconds this process runs
-
-
-def artifact_store_for(cfg: StudyConfig) -> FileSystemArtifactStore:
-    """``NASOPT_ARTIFACTS`` (a folder every worker shares), else ``storage/artifacts``."""
-    root = Path(os.environ.get("NASOPT_ARTIFACTS") or Path(cfg.data.cache_dir).parent / "artifacts")
-    root.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(root))
 
 
 def _report(console: Console, cfg: StudyConfig):
@@ -91,8 +80,7 @@ def run_search(
             return study
         callbacks.append(MaxTrialsCallback(budget.max_trials, states=(TrialState.COMPLETE,)))
 
-    objective = Objective(cfg, train, val, dev, artifacts=artifact_store_for(cfg))
-    optuna.logging.set_verbosity(logging.WARNING)
+    objective = Objective(cfg, train, val, dev, artifacts=FileSystemArtifactStore(str(artifact_root(storage.url))))
     study.optimize(
         objective,
         n_trials=budget.n_trials,

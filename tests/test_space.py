@@ -27,7 +27,7 @@ def test_decode_repairs_widths_non_decreasing_and_ignores_unused_slots():
     space = SpaceSection()
     widths = [[64, 8, 128, 4], [16, 32, 4, 4], [8, 8, 8, 8]]
     arch = decode(_genome(space, [2, 2, 1], widths), space)
-    assert arch.stages == ((64, 64), (64, 64), (64,))
+    assert arch.stages == ((8, 8), (16, 32), (64,))  # the active widths, sorted
     assert arch.depth == 5
     flat = [w for s in arch.stages for w in s]
     assert flat == sorted(flat)

@@ -1,0 +1,5 @@
+"""`python -m nasopt` runs the command line."""
+
+from nasopt.cli import main
+
+main()

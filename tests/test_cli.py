@@ -1,0 +1,110 @@
+"""End-to-end: the real `nasopt` command on a phantom subset, in a scratch folder."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "studies" / "demo.toml")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def nasopt(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nasopt", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
+
+
+def small(cache_dir: Path) -> list[str]:
+    return ["--config", DEMO, "--set", "data.max_scans=60", "--set", "train.epochs=1",
+            "--set", f'data.cache_dir="{cache_dir}"', "--threads", "2"]
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_search_runs_trials_into_sqlite_and_resumes(tmp_path, cache_dir):
+    first = nasopt(tmp_path, "search", "--study", "demo", "--n-trials", "2", *small(cache_dir))
+    assert first.returncode == 0, first.stderr
+    assert "Pareto front of study 'demo' (2 complete trials)" in first.stdout
+    assert "test fold 0 held out" in first.stdout
+
+    db = tmp_path / "storage" / "nasopt.db"  # the default storage, relative to the working folder
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{db}")
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.number for t in trials] == [0, 1]
+    assert study.metric_names == ["val_accuracy", "params"]
+    for t in trials:
+        a = t.user_attrs
+        assert {"stages", "cbam_stem", "cbam_stages", "margin"} <= set(a["arch"])
+        for m in ("accuracy", "sensitivity", "specificity", "f1", "auc"):
+            assert f"val_{m}" in a
+        assert t.values == [a["val_accuracy"], a["params"]]
+        assert len(a["curve"]) == 1 and a["curve"][0]["epoch"] == 1
+        assert (tmp_path / "storage" / "artifacts" / a["artifact_weights"]).is_file()
+    assert any(cache_dir.glob("phantom-*.safetensors"))  # prepared on first use
+
+    second = nasopt(tmp_path, "search", "--study", "demo", "--n-trials", "1", *small(cache_dir))
+    assert second.returncode == 0, second.stderr
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{db}")
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert len(optuna.get_all_study_summaries(f"sqlite:///{db}")) == 1
+
+    budget = nasopt(tmp_path, "search", "--study", "demo", "--max-trials", "3", *small(cache_dir))
+    assert budget.returncode == 0 and "already has 3 complete trials" in budget.stdout
+    assert len(optuna.load_study(study_name="demo", storage=f"sqlite:///{db}").trials) == 3
+
+    front = nasopt(tmp_path, "front", "--study", "demo")
+    assert front.returncode == 0 and "Pareto front of study 'demo' (3 complete trials)" in front.stdout
+
+    changed = nasopt(tmp_path, "search", "--study", "demo", "--n-trials", "1", *small(cache_dir), "--set", "train.epochs=2")
+    assert_user_error(changed, "different configuration")
+
+
+def test_bad_study_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepochz = 1\n")
+    assert_user_error(nasopt(tmp_path, "search", "--config", str(bad)), "bad.toml", "train.epochz", "unknown key")
+
+
+def test_unknown_sampler(tmp_path):
+    assert_user_error(nasopt(tmp_path, "search", "--sampler", "cmaes"), "--sampler", "nsga2")
+
+
+def test_unreachable_storage_never_prints_its_password(tmp_path):
+    url = "postgresql+psycopg://nasopt:s3cr3t-pw@127.0.0.1:9/studies"
+    proc = nasopt(tmp_path, "search", "--storage", url, "--n-trials", "1")
+    err = assert_user_error(proc, "cannot open storage", "127.0.0.1:9")
+    assert "s3cr3t-pw" not in proc.stdout + proc.stderr and "***" in err
+
+
+def test_storage_url_from_environment_is_redacted_too(tmp_path):
+    import os
+
+    env = dict(os.environ, NASOPT_STORAGE="mysql://u:hunter22@")
+    proc = subprocess.run([sys.executable, "-m", "nasopt", "front"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert_user_error(proc, "storage")
+    assert "hunter22" not in proc.stdout + proc.stderr
+
+
+def test_real_data_source_without_prepared_files(tmp_path, cache_dir):
+    proc = nasopt(tmp_path, "search", "--set", 'data.source="luna16"', "--set", f'data.cache_dir="{tmp_path}"', "--n-trials", "1")
+    assert_user_error(proc, "no prepared luna16 data", "nasopt data prepare --source luna16 --luna-root DIR")
+
+
+def test_missing_study(tmp_path):
+    assert_user_error(nasopt(tmp_path, "front", "--study", "nope"), "no study named 'nope'")
