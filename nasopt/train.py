@@ -118,6 +118,38 @@ def _normalize(x: torch.Tensor, norm: tuple[float, float]) -> torch.Tensor:
     return (x.float() - norm[0]) / norm[1]
 
 
+def augment_batch(
+    crops: torch.Tensor,
+    cfg: TrainSection,
+    norm: tuple[float, float],
+    gen: torch.Generator | None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """int16 crops (B, S, S, S) -> augmented, normalized network input (B, 1, s, s, s)."""
+    x = crop_and_flip(crops, cfg.input_size, cfg.max_shift, cfg.flip, gen)
+    x = zero_out(_normalize(x, norm), cfg.zero_out, cfg.zero_out_p, gen)
+    return x[:, None].contiguous(memory_format=memory_format)
+
+
+def train_step(
+    model: ResCBAM3D,
+    optimizer: torch.optim.Optimizer,
+    criterion: AngularMarginLoss,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    bf16: bool,
+) -> torch.Tensor:
+    """One forward, A-Softmax loss, backward and optimizer step; returns the detached loss."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x)
+    loss = criterion(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    criterion.step()
+    return loss.detach()
+
+
 def fit(
     arch: Architecture,
     train: NoduleSet,
@@ -141,8 +173,8 @@ def fit(
     x_train = _to_device_int16(train.crops, side, device)
     y_train = torch.from_numpy(train.labels).to(device)
     x_val = _to_device_int16(val.crops, cfg.input_size, device)
-    centre = center_crop(torch.from_numpy(train.crops), cfg.input_size).double()
-    norm = (float(centre.mean()), float(centre.std().clamp_min(1e-6)))
+    centre = center_crop(torch.from_numpy(train.crops), cfg.input_size).numpy()
+    norm = (float(centre.mean(dtype=np.float64)), max(float(centre.std(dtype=np.float64)), 1e-6))
 
     model = build_network(arch).to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -165,17 +197,8 @@ def fit(
         order = torch.randperm(n, device=device, generator=gen)
         for step in range(steps):
             idx = order[step * batch_size : (step + 1) * batch_size]
-            x = crop_and_flip(x_train[idx], cfg.input_size, cfg.max_shift, cfg.flip, gen)
-            x = zero_out(_normalize(x, norm), cfg.zero_out, cfg.zero_out_p, gen)
-            x = x[:, None].contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = model(x)
-            loss = criterion(out, y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            criterion.step()
-            loss_sum += loss.detach()
+            x = augment_batch(x_train[idx], cfg, norm, gen, memory_format)
+            loss_sum += train_step(model, optimizer, criterion, x, y_train[idx], bf16)
         train_loss = float(loss_sum) / steps  # one host sync per epoch, not per step
         t_train += time.perf_counter() - t_epoch
         if not math.isfinite(train_loss):
