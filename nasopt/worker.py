@@ -14,6 +14,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
+from rich.progress import Progress
 
 from nasopt.config import StudyConfig
 from nasopt.data.prepare import load_data
@@ -80,13 +81,21 @@ def run_search(
             return study
         callbacks.append(MaxTrialsCallback(budget.max_trials, states=(TrialState.COMPLETE,)))
 
-    objective = Objective(cfg, train, val, dev, artifacts=FileSystemArtifactStore(str(artifact_root(storage.url))))
-    study.optimize(
-        objective,
-        n_trials=budget.n_trials,
-        timeout=budget.timeout,
-        catch=(TrainingDiverged,),
-        callbacks=callbacks,
-        gc_after_trial=True,
-    )
+    artifacts = FileSystemArtifactStore(str(artifact_root(storage.url)))
+    epochs = cfg.train.epochs
+    with Progress(*Progress.get_default_columns(), console=console, transient=True) as bar:
+        task = bar.add_task("trial", total=epochs)
+
+        def on_epoch(trial: optuna.Trial, record: dict[str, float]) -> None:
+            done = int(record["epoch"])
+            bar.update(task, completed=done % epochs, description=f"trial {trial.number} epoch {done}/{epochs}")
+
+        study.optimize(
+            Objective(cfg, train, val, dev, artifacts=artifacts, on_epoch=on_epoch),
+            n_trials=budget.n_trials,
+            timeout=budget.timeout,
+            catch=(TrainingDiverged,),
+            callbacks=callbacks,
+            gc_after_trial=True,
+        )
     return study
