@@ -1,7 +1,7 @@
 """Training throughput of the trainer's own step on the three networks of PAPER.md.
 
 Each configuration runs in its own process (so its peak memory is its own) and prints:
-samples/s (median over --repeats timed runs of --steps full training steps each: on-device
+samples/s (median over --repeats timed runs of about --seconds each of full training steps: on-device
 augmentation, forward, A-Softmax loss, backward, Adam), achieved FLOP/s (torch's flop counter
 on one step), and peak memory (CUDA allocator peak, or process peak RSS on CPU).
 
@@ -28,7 +28,7 @@ ARCHS = {
 PAPER = {0: "41-54", 1: "36-41", 2: "6.7"}
 
 
-def measure(arch_idx: int, precision: str, batch: int, steps: int, repeats: int, device: str, threads: int) -> dict:
+def measure(arch_idx: int, precision: str, batch: int, seconds: float, repeats: int, device: str, threads: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -58,12 +58,16 @@ def measure(arch_idx: int, precision: str, batch: int, steps: int, repeats: int,
         return train_step(model, opt, crit, augment_batch(pool[idx], cfg, norm, gen, mf), labels[idx], bf16)
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    for _ in range(3):
+    for _ in range(2):
         step()
     sync()
     with FlopCounterMode(display=False) as counter:
         step()
     flops_per_step = counter.get_total_flops()
+    t0 = time.perf_counter()
+    float(step())
+    sync()
+    steps = max(1, round(seconds / (time.perf_counter() - t0)))
     rates = []
     for _ in range(repeats):
         sync()
@@ -86,6 +90,7 @@ def measure(arch_idx: int, precision: str, batch: int, steps: int, repeats: int,
         "gflops": flops_per_step * sps / batch / 1e9,
         "peak_mib": peak,
         "bf16": bf16,
+        "steps": steps,
     }
 
 
@@ -95,7 +100,7 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     ap.add_argument("--batch", nargs="+", type=int, default=[8, 32])
     ap.add_argument("--archs", nargs="+", type=int, default=[0, 1, 2], help="indices into the table")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of one timed run")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--force-bf16", action="store_true", help="run bf16 even where the hardware makes it slow")
@@ -107,14 +112,14 @@ def main() -> None:
     threads = args.threads or torch.get_num_threads()
     if args.one:
         a, p, b = json.loads(args.one)
-        print(json.dumps(measure(a, p, b, args.steps, args.repeats, args.device, threads)))
+        print(json.dumps(measure(a, p, b, args.seconds, args.repeats, args.device, threads)))
         return
 
     from nasopt.train import bf16_is_fast
 
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {threads} threads"
-    print(f"torch {torch.__version__} on {name}; median of {args.repeats} runs x {args.steps} steps; trainer defaults (channels-last, on-device augmentation)")
+    print(f"torch {torch.__version__} on {name}; median of {args.repeats} runs of ~{args.seconds:.0f} s; trainer defaults (channels-last, on-device augmentation)")
     print(f"{'network':<50} {'prec':<5} {'batch':>5} {'samples/s':>10} {'(min-max)':>14} {'GFLOP/s':>8} {'peak MiB':>9} {'paper b8 fp32':>14}")
     for a in args.archs:
         for p in args.precision:
@@ -123,7 +128,7 @@ def main() -> None:
                 continue
             for b in args.batch:
                 cmd = [sys.executable, __file__, "--one", json.dumps([a, p, b]), "--device", args.device,
-                       "--steps", str(args.steps), "--repeats", str(args.repeats), "--threads", str(threads)]
+                       "--seconds", str(args.seconds), "--repeats", str(args.repeats), "--threads", str(threads)]
                 r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
                 paper = PAPER[a] if (p, b) == ("fp32", 8) else ""
                 spread = f"({r['min']:.0f}-{r['max']:.0f})"
