@@ -33,34 +33,43 @@ StorageOpt = Annotated[
 def data_prepare(
     source: Annotated[str, typer.Option(help="phantom (embedded default), lidc, luna16 or nodulemnist3d.")] = "phantom",
     config: ConfigOpt = None,
+    dicom_root: Annotated[Optional[Path], typer.Option(help="lidc: folder of the LIDC-IDRI DICOM download.")] = None,
+    luna_root: Annotated[Optional[Path], typer.Option(help="luna16: folder holding subset0..subset9.")] = None,
+    npz: Annotated[Optional[Path], typer.Option(help="nodulemnist3d: the MedMNIST .npz file.")] = None,
     max_scans: Annotated[Optional[int], typer.Option(help="Phantom: use only the first N scans.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Phantom: texture and noise seed.")] = None,
     workers: Annotated[int, typer.Option(help="Processes preparing scans in parallel.")] = 1,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable inputs and list them in a report next to the cache.")
+    ] = False,
     force: Annotated[bool, typer.Option(help="Prepare again even when the cache exists.")] = False,
     set_: SetOpt = None,
 ) -> None:
     """Prepare a data source into a cached NoduleSet (reused when inputs are unchanged)."""
-    from nasopt.data.prepare import REAL_SOURCES, prepare_phantom
+    import json
 
-    overrides = list(set_ or []) + [f'data.source="{source}"']
-    if max_scans is not None:
-        overrides.append(f"data.max_scans={max_scans}")
-    if seed is not None:
-        overrides.append(f"data.seed={seed}")
+    from nasopt.data.prepare import prepare_phantom, prepare_real, skip_report_path
+
+    # json.dumps gives a valid TOML string for any text (quotes, backslashes in paths).
+    overrides = list(set_ or []) + [f"data.source={json.dumps(source)}"]
+    for key, value in (("dicom_root", dicom_root), ("luna_root", luna_root), ("npz", npz), ("max_scans", max_scans), ("seed", seed)):
+        if value is not None:
+            overrides.append(f"data.{key}={json.dumps(value if isinstance(value, int) else str(value))}")
     cfg = load_config(config, overrides)
-    if cfg.data.source != "phantom":
-        raise NasoptError(
-            f"--source {source}: reading real data arrives in a later version; "
-            f"it will take {REAL_SOURCES[source]}"
-        )
     t0 = time.perf_counter()
-    ns, path = prepare_phantom(cfg.data, workers=workers, progress=True, force=force)
+    if cfg.data.source == "phantom":
+        ns, path = prepare_phantom(cfg.data, workers=workers, progress=True, force=force)
+        note = " [dim](LIDC phantom: real annotations, synthetic CT intensities)[/dim]"
+    else:
+        ns, path = prepare_real(cfg.data, workers=workers, progress=True, force=force, skip_bad=skip_bad)
+        note = "" if ns.folds is None else f", predefined folds {sorted(set(ns.folds.tolist()))}"
     n_mal = int(ns.labels.sum())
     console.print(
         f"{path}: {len(ns)} nodules ({len(ns) - n_mal} benign, {n_mal} malignant) from "
-        f"{len(set(ns.patients))} patients in {time.perf_counter() - t0:.1f} s "
-        "[dim](LIDC phantom: real annotations, synthetic CT intensities)[/dim]"
+        f"{len(set(ns.patients))} patients in {time.perf_counter() - t0:.1f} s{note}"
     )
+    if skip_bad and skip_report_path(path).is_file():
+        console.print(f"skipped items are listed in {skip_report_path(path)}")
 
 
 @app.command()

@@ -47,6 +47,10 @@ class DataSection(_Section):
     min_readers: int = Field(3, ge=1, le=4)
     ambiguous: Literal["exclude", "benign", "malignant"] = "exclude"
     crop_size: int = Field(48, ge=32)
+    # Where real data lives; only `nasopt data prepare` reads them (training reads the cache).
+    dicom_root: str | None = None
+    luna_root: str | None = None
+    npz: str | None = None
 
 
 class SplitSection(_Section):

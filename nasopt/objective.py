@@ -18,7 +18,7 @@ from nasopt.config import StudyConfig
 from nasopt.data.noduleset import NoduleSet
 from nasopt.model import build_network
 from nasopt.space import Architecture, suggest
-from nasopt.train import FitResult, fit
+from nasopt.train import FitResult, TrainingDiverged, fit
 
 
 def count_flops(arch: Architecture, input_size: int) -> int:
@@ -50,17 +50,11 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         arch, hparams = suggest(trial, self.cfg.space)
-        result = fit(
-            arch,
-            self.train,
-            self.val,
-            self.cfg.train,
-            lr=hparams["lr"],
-            batch_size=hparams["batch_size"],
-            seed=self.cfg.study.seed + trial.number,
-            device=self.device,
-            on_epoch=None if self.on_epoch is None else (lambda rec: self.on_epoch(trial, rec)),
-        )
+        try:
+            result = self._fit(trial, arch, hparams)
+        except TrainingDiverged as exc:
+            trial.set_user_attr("fail_reason", str(exc))  # shown by the dashboard and `search`
+            raise
         values = {f"val_{k}": v for k, v in result.metrics.items()}
         values["params"] = result.params
         if "flops" in self.cfg.study.objectives:
@@ -75,6 +69,19 @@ class Objective:
         if self.artifacts is not None:
             self._upload(trial, arch, result)
         return tuple(float(values[o]) for o in self.cfg.study.objectives)
+
+    def _fit(self, trial: optuna.Trial, arch: Architecture, hparams: dict) -> FitResult:
+        return fit(
+            arch,
+            self.train,
+            self.val,
+            self.cfg.train,
+            lr=hparams["lr"],
+            batch_size=hparams["batch_size"],
+            seed=self.cfg.study.seed + trial.number,
+            device=self.device,
+            on_epoch=None if self.on_epoch is None else (lambda rec: self.on_epoch(trial, rec)),
+        )
 
     def _upload(self, trial: optuna.Trial, arch: Architecture, result: FitResult) -> None:
         header = {

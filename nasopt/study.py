@@ -116,7 +116,9 @@ def make_sampler(name: str, cfg: StudyConfig, seed: int | None = None) -> optuna
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
     if name == "nsga3":
-        return optuna.samplers.NSGAIIISampler(population_size=pop, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.NSGAIIISampler(population_size=pop, seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(multivariate=True, seed=seed)
     if name == "random":

@@ -40,7 +40,7 @@ def _report(console: Console, cfg: StudyConfig):
                 f"params {a['params']:>10,}  {a['train_seconds']:6.1f} s  {a['arch_summary']}"
             )
         elif trial.state == TrialState.FAIL:
-            console.print(f"trial {trial.number:>3}  failed: {trial.system_attrs.get('fail_reason', '?')}")
+            console.print(f"trial {trial.number:>3}  failed: {trial.user_attrs.get('fail_reason', 'see the log above')}")
 
     return callback
 

@@ -1,9 +1,11 @@
 """End-to-end: the real `nasopt` command on a phantom subset, in a scratch folder."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -17,8 +19,9 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def nasopt(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")  # no line wrapping by rich
     return subprocess.run(
-        [sys.executable, "-m", "nasopt", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "nasopt", *args], cwd=cwd, capture_output=True, text=True, timeout=900, env=env
     )
 
 
@@ -93,8 +96,6 @@ def test_unreachable_storage_never_prints_its_password(tmp_path):
 
 
 def test_storage_url_from_environment_is_redacted_too(tmp_path):
-    import os
-
     env = dict(os.environ, NASOPT_STORAGE="mysql://u:hunter22@")
     proc = subprocess.run([sys.executable, "-m", "nasopt", "front"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert_user_error(proc, "storage")
@@ -108,3 +109,53 @@ def test_real_data_source_without_prepared_files(tmp_path, cache_dir):
 
 def test_missing_study(tmp_path):
     assert_user_error(nasopt(tmp_path, "front", "--study", "nope"), "no study named 'nope'")
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path, cache_dir):
+    proc = nasopt(tmp_path, "search", "--study", "nan", "--n-trials", "2", *small(cache_dir),
+                  "--set", "space.lr=[1e30, 1e30]", "--set", "space.batch_sizes=[8]")
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path}/storage/nasopt.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2  # both ran
+    assert "training loss became" in proc.stdout
+    assert "lower the learning rate" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_cuda_device_on_a_machine_without_one(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_user_error(nasopt(tmp_path, "search", "--device", "cuda", "--n-trials", "1"), "no CUDA GPU", "--device cpu")
+
+
+def test_prepared_real_source_is_searched_unchanged(tmp_path):
+    from tests.test_source_nodulemnist3d import SIZES, medmnist_arrays, write_npz
+
+    arrays = medmnist_arrays(side=28)
+    for split in SIZES:  # both classes in every split, so validation AUC is defined
+        arrays[f"{split}_labels"][:, 0] = np.arange(SIZES[split]) % 2
+    npz = write_npz(tmp_path / "nodulemnist3d.npz", arrays)
+    cache = ["--set", f'data.cache_dir="{tmp_path / "cache"}"']
+    prep = nasopt(tmp_path, "data", "prepare", "--source", "nodulemnist3d", "--npz", str(npz), *cache)
+    assert prep.returncode == 0, prep.stderr
+    assert "10 nodules" in prep.stdout and "predefined folds [0, 1, 2]" in prep.stdout
+
+    proc = nasopt(tmp_path, "search", "--study", "mnist", "--n-trials", "1", *cache,
+                  "--set", 'data.source="nodulemnist3d"', "--set", "split.test_fold=2", "--set", "split.val_fold=1",
+                  "--set", "train.epochs=1", "--set", "space.batch_sizes=[4]", "--set", "space.widths=[4]")
+    assert proc.returncode == 0, proc.stderr
+    assert "10 nodulemnist3d nodules; search trains on 5, validates on 2 (fold 1); test fold 2 held out" in proc.stdout
+
+
+def test_bad_real_input_is_one_line_and_leaves_no_cache(tmp_path):
+    npz = tmp_path / "broken.npz"
+    np.savez(npz, train_images=np.zeros((2, 28, 28, 28), np.uint8))
+    cache = tmp_path / "cache"
+    proc = nasopt(tmp_path, "data", "prepare", "--source", "nodulemnist3d", "--npz", str(npz), "--set", f'data.cache_dir="{cache}"')
+    assert_user_error(proc, "broken.npz")
+    assert not cache.exists() or not any(cache.glob("*.safetensors"))
+    missing = nasopt(tmp_path, "data", "prepare", "--source", "luna16", "--luna-root", str(tmp_path / "nowhere"))
+    assert_user_error(missing, "nowhere")
+    no_root = nasopt(tmp_path, "data", "prepare", "--source", "lidc")
+    assert_user_error(no_root, "--dicom-root DIR")

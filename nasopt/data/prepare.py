@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from nasopt.config import DataSection
@@ -13,6 +15,8 @@ REAL_SOURCES = {
     "luna16": "--luna-root DIR",
     "nodulemnist3d": "--npz FILE",
 }
+#: The DataSection field that holds each real source's input.
+REAL_INPUTS = {"lidc": "dicom_root", "luna16": "luna_root", "nodulemnist3d": "npz"}
 
 
 def _phantom_params(data: DataSection, workers: int = 1):  # -> PhantomParams
@@ -34,7 +38,27 @@ def cache_path(data: DataSection) -> Path:
         from nasopt.data.phantom import phantom_cache_key
 
         return Path(data.cache_dir) / f"phantom-{phantom_cache_key(_phantom_params(data))}.safetensors"
-    return Path(data.cache_dir) / f"{data.source}.safetensors"
+    return Path(data.cache_dir) / f"{data.source}-{real_cache_key(data)}.safetensors"
+
+
+def real_cache_key(data: DataSection) -> str:
+    """Short hash of what determines a real source's output (not where its files live)."""
+    from nasopt.data.lidc import LIDC_VERSION
+    from nasopt.data.luna16 import LUNA16_VERSION
+    from nasopt.data.nodulemnist3d import NODULEMNIST3D_VERSION
+
+    payload: dict = {"source": data.source, "crop_size": data.crop_size}
+    if data.source == "nodulemnist3d":
+        payload["version"] = NODULEMNIST3D_VERSION  # MedMNIST's own labels: no reader policy
+    else:
+        payload.update(min_readers=data.min_readers, ambiguous=data.ambiguous)
+        payload["version"] = LIDC_VERSION if data.source == "lidc" else LUNA16_VERSION
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def skip_report_path(cache: Path) -> Path:
+    """Where a --skip-bad run lists what it skipped: next to the cache."""
+    return cache.with_name(cache.name.removesuffix(".safetensors") + ".skipped.json")
 
 
 def prepare_phantom(data: DataSection, workers: int = 1, progress: bool = True, force: bool = False) -> tuple[NoduleSet, Path]:
@@ -46,6 +70,42 @@ def prepare_phantom(data: DataSection, workers: int = 1, progress: bool = True, 
         return NoduleSet.load(path), path
     ns = build_phantom(_phantom_params(data, workers), progress=progress)
     ns.save(path)
+    return ns, path
+
+
+def prepare_real(
+    data: DataSection, workers: int = 1, progress: bool = True, force: bool = False, skip_bad: bool = False
+) -> tuple[NoduleSet, Path]:
+    """Prepare a real-data source (lidc, luna16, nodulemnist3d) and cache it (reused when there)."""
+    from nasopt.data.labels import LabelPolicy
+
+    path = cache_path(data)
+    if path.is_file() and not force:
+        return NoduleSet.load(path), path
+    where = getattr(data, REAL_INPUTS[data.source])
+    if where is None:
+        raise DataError(
+            f"--source {data.source} needs {REAL_SOURCES[data.source]} "
+            f"(or data.{REAL_INPUTS[data.source]} in the study file)"
+        )
+    common = dict(
+        crop_size=data.crop_size, workers=workers, skip_bad=skip_bad, progress=progress,
+        report_path=skip_report_path(path),
+    )
+    policy = LabelPolicy(min_readers=data.min_readers, ambiguous=data.ambiguous)
+    if data.source == "lidc":
+        from nasopt.data.lidc import prepare_lidc
+
+        ns = prepare_lidc(where, policy=policy, **common)
+    elif data.source == "luna16":
+        from nasopt.data.luna16 import prepare_luna16
+
+        ns = prepare_luna16(where, policy=policy, **common)
+    else:
+        from nasopt.data.nodulemnist3d import prepare_nodulemnist3d
+
+        ns = prepare_nodulemnist3d(where, **common)
+    ns.save(path)  # atomic: a run that failed above leaves no cache behind
     return ns, path
 
 
