@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from nasopt.config import StudyConfig
 from nasopt.data.prepare import load_data
-from nasopt.data.splits import outer_folds, search_split
+from nasopt.data.splits import check_named_splits, outer_folds, search_split
 from nasopt.objective import Objective
 from nasopt.study import artifact_root, completed_count, create_or_load, make_sampler, open_storage
 from nasopt.train import TrainingDiverged, resolve_device
@@ -63,12 +63,14 @@ def run_search(
         torch.set_num_threads(threads)
     storage = open_storage(storage_url)
     sampler = make_sampler(sampler_name or cfg.study.sampler, cfg, seed)
-    study = create_or_load(study_name, cfg, storage, sampler)
 
+    # Data and splits before the study: bad data must not leave a study behind.
     ns = load_data(cfg.data, progress=True)
+    check_named_splits(ns, cfg.split.test_fold, cfg.split.val_fold)
     folds = outer_folds(ns, cfg.split.n_folds, cfg.split.seed)
     train_idx, val_idx = search_split(folds, cfg.split.test_fold, cfg.split.val_fold)
     train, val = ns.subset(train_idx), ns.subset(val_idx)
+    study = create_or_load(study_name, cfg, storage, sampler)
     console.print(
         f"study {study_name!r}: {len(ns)} {ns.source} nodules; search trains on {len(train)}, "
         f"validates on {len(val)} (fold {cfg.split.val_fold}); test fold {cfg.split.test_fold} held out"

@@ -141,6 +141,8 @@ def test_prepared_real_source_is_searched_unchanged(tmp_path):
     assert prep.returncode == 0, prep.stderr
     assert "10 nodules" in prep.stdout and "predefined folds [0, 1, 2]" in prep.stdout
 
+    wrong = nasopt(tmp_path, "search", "--study", "mnist", "--n-trials", "1", *cache, "--set", 'data.source="nodulemnist3d"')
+    assert_user_error(wrong, "set split.test_fold=2 and split.val_fold=1")
     proc = nasopt(tmp_path, "search", "--study", "mnist", "--n-trials", "1", *cache,
                   "--set", 'data.source="nodulemnist3d"', "--set", "split.test_fold=2", "--set", "split.val_fold=1",
                   "--set", "train.epochs=1", "--set", "space.batch_sizes=[4]", "--set", "space.widths=[4]")

