@@ -84,6 +84,9 @@ def search(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed (else the study file's).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for this process.")] = None,
+    worker_index: Annotated[
+        int, typer.Option(help="Offsets the sampler seed so concurrent workers explore apart (set by launch).")
+    ] = 0,
     set_: SetOpt = None,
 ) -> None:
     """Run (or resume) a search and print its Pareto front."""
@@ -93,10 +96,29 @@ def search(
     from nasopt.report import pareto_table
     from nasopt.worker import Budget, run_search
 
+    seed = (cfg.study.seed if seed is None else seed) + worker_index
     result = run_search(
         study, cfg, storage, Budget(n_trials, max_trials, timeout), sampler, device, seed, threads, console
     )
     console.print(pareto_table(result))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def launch(
+    ctx: typer.Context,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 2,
+) -> None:
+    """Run several `search` workers on this machine against one study; other options go to each.
+
+    Example: nasopt launch --workers 2 --study demo --config studies/demo.toml --max-trials 12
+    """
+    import torch
+
+    from nasopt.launch import launch as run
+
+    code = run(workers, ctx.args, gpus=torch.cuda.device_count())
+    if code:
+        sys.exit(code)
 
 
 @app.command()

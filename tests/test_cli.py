@@ -161,3 +161,25 @@ def test_bad_real_input_is_one_line_and_leaves_no_cache(tmp_path):
     assert_user_error(missing, "nowhere")
     no_root = nasopt(tmp_path, "data", "prepare", "--source", "lidc")
     assert_user_error(no_root, "--dicom-root DIR")
+
+
+def test_launch_runs_several_workers_on_one_study(tmp_path, cache_dir):
+    args = small(cache_dir)[:-2]  # without --threads 2: the launcher gives each worker one of the cores
+    proc = nasopt(tmp_path, "launch", "--workers", "2", "--study", "many", "--max-trials", "3", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[w0] trial" in proc.stdout and "[w1] trial" in proc.stdout
+    study = optuna.load_study(study_name="many", storage=f"sqlite:///{tmp_path}/storage/nasopt.db")
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert 3 <= len(complete) <= 4  # each worker checks the budget after its trial: overshoot <= 1
+    assert len({t.user_attrs["arch_summary"] + str(t.params["lr"]) for t in complete}) == len(complete)
+
+
+def test_worker_commands_split_threads_seeds_and_gpus():
+    from nasopt.launch import worker_commands
+
+    cmds = worker_commands(3, ["--study", "s"], cpus=8, gpus=2)
+    assert [c[c.index("--worker-index") + 1] for c in cmds] == ["0", "1", "2"]
+    assert all(c[c.index("--threads") + 1] == "2" for c in cmds)
+    assert [c[c.index("--device") + 1] for c in cmds] == ["cuda:0", "cuda:1", "cuda:0"]
+    mine = worker_commands(2, ["--threads", "3", "--device", "cpu"], cpus=8, gpus=2)
+    assert all(c.count("--threads") == 1 and c.count("--device") == 1 for c in mine)
