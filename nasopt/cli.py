@@ -122,6 +122,23 @@ def launch(
 
 
 @app.command()
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for other machines).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the study storage, with the trials' artifacts."""
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import run_server
+
+    from nasopt.study import artifact_root, open_storage, redact
+
+    store = open_storage(storage, heartbeat=False)
+    console.print(f"optuna-dashboard on http://{host}:{port}/ for {redact(store.url)} (Ctrl-C stops it)")
+    run_server(store, host=host, port=port, artifact_store=FileSystemArtifactStore(str(artifact_root(store.url))))
+
+
+@app.command()
 def front(study: Annotated[str, typer.Option(help="Study name.")] = "nasopt", storage: StorageOpt = None) -> None:
     """Print the Pareto front of a study."""
     from nasopt.report import pareto_table

@@ -183,3 +183,39 @@ def test_worker_commands_split_threads_seeds_and_gpus():
     assert [c[c.index("--device") + 1] for c in cmds] == ["cuda:0", "cuda:1", "cuda:0"]
     mine = worker_commands(2, ["--threads", "3", "--device", "cpu"], cpus=8, gpus=2)
     assert all(c.count("--threads") == 1 and c.count("--device") == 1 for c in mine)
+
+
+def test_dashboard_serves_the_study_and_its_artifacts(tmp_path, cache_dir):
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    assert nasopt(tmp_path, "search", "--study", "dash", "--n-trials", "1", *small(cache_dir)).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, COLUMNS="200")
+    server = subprocess.Popen([sys.executable, "-m", "nasopt", "dashboard", "--port", str(port)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):  # up to 20 s for the server to come up
+            try:
+                studies = json.load(urllib.request.urlopen(f"{base}/api/studies", timeout=2))
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("dashboard did not answer")
+        assert [s["study_name"] for s in studies["study_summaries"]] == ["dash"]
+        detail = json.load(urllib.request.urlopen(f"{base}/api/studies/{studies['study_summaries'][0]['study_id']}", timeout=5))
+        trial = detail["trials"][0]
+        assert any(a["key"] == "arch" for a in trial["user_attrs"])
+        names = {a["filename"] for a in trial["artifacts"]}
+        assert "trial-0.safetensors" in names and "trial-0-val-predictions.json" in names
+        page = urllib.request.urlopen(f"{base}/dashboard", timeout=5).read()
+        assert b"<html" in page.lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
