@@ -71,15 +71,15 @@ def measure(arch_idx: int, precision: str, batch: int, seconds: float, repeats: 
     from nasopt.config import TrainSection
     from nasopt.model import AngularMarginLoss, build_network, count_params
     from nasopt.space import Architecture
-    from nasopt.train import augment_batch, train_step, use_bf16
+    from nasopt.train import augment_batch, train_step, use_bf16, use_channels_last
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
     baseline = precision == "paper-style"
-    cfg = TrainSection(precision="fp32" if baseline else precision, channels_last=not baseline)
+    cfg = TrainSection(precision="fp32" if baseline else precision, channels_last=False if baseline else "auto")
     stages = list(ARCHS.values())[arch_idx]
     arch = Architecture(stages, True, (True,) * 3, 4)
-    mf = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    mf = torch.channels_last_3d if use_channels_last(cfg.channels_last, dev) else torch.contiguous_format
     model = build_network(arch).to(dev, memory_format=mf)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=cfg.betas)
     crit = AngularMarginLoss(4)
@@ -162,7 +162,7 @@ def main() -> None:
 
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {threads} threads"
-    print(f"torch {torch.__version__} on {name}; median of {args.repeats} runs of ~{args.seconds:.0f} s; trainer defaults (channels-last, on-device augmentation)")
+    print(f"torch {torch.__version__} on {name}; median of {args.repeats} runs of ~{args.seconds:.0f} s; trainer defaults (on-device augmentation, channels-last on GPU)")
     print(f"{'network':<50} {'prec':<11} {'batch':>5} {'samples/s':>10} {'(min-max)':>14} {'GFLOP/s':>8} {'peak MiB':>9} {'x paper-style':>13} {'PAPER.md':>9}")
     for a in args.archs:
         base = None

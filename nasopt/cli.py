@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from nasopt.config import SAMPLERS, load_config
 from nasopt.errors import NasoptError
@@ -154,7 +155,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except NasoptError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        message = escape(str(exc))  # messages quote TOML like [space]; not rich markup
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; run the same command again to resume")

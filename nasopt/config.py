@@ -117,7 +117,7 @@ class TrainSection(_Section):
     zero_out: int = Field(4, ge=0)
     zero_out_p: float = Field(0.5, ge=0, le=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: bool = True
+    channels_last: Literal["auto"] | bool = "auto"
     margin_lambda: tuple[float, float, float] = (1000.0, 0.12, 5.0)
 
 

@@ -80,6 +80,13 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
 
 
+def use_channels_last(setting: str | bool, device: torch.device) -> bool:
+    """``auto``: channels-last on GPUs; contiguous on CPU, where oneDNN's batch norm at 4-8
+    channels is several times slower in channels-last (measured: the 0.03 M network trained at
+    0.65x the speed of a contiguous loop)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 def lr_factor(epoch: int, epochs: int, decay_start: float) -> float:
     """Constant, then linear decay to 1/(remaining epochs) over the last part of training."""
     start = int(decay_start * epochs)
@@ -167,7 +174,8 @@ def fit(
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     bf16 = use_bf16(cfg.precision, device)
-    memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    channels_last = use_channels_last(cfg.channels_last, device)
+    memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
 
     side = cfg.input_size + 2 * cfg.max_shift
     x_train = _to_device_int16(train.crops, side, device)
@@ -204,7 +212,7 @@ def fit(
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower the learning rate")
 
-        val_prob = predict_proba(model, x_val, norm, cfg.input_size, bf16, cfg.channels_last).cpu()
+        val_prob = predict_proba(model, x_val, norm, cfg.input_size, bf16, channels_last).cpu()
         metrics = binary_metrics(val.labels, val_prob.numpy())
         record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
         record.update({f"val_{k}": v for k, v in metrics.items()})
@@ -222,5 +230,5 @@ def fit(
         params=count_params(model),
         seconds=seconds,
         train_samples_per_s=cfg.epochs * steps * batch_size / max(t_train, 1e-9),
-        extra={"bf16": bf16, "device": str(device)},
+        extra={"bf16": bf16, "channels_last": channels_last, "device": str(device)},
     )
