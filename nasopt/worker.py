@@ -8,6 +8,7 @@ every worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
@@ -31,7 +32,7 @@ class Budget:
     timeout: float | None = None  # seconds this process runs
 
 
-def _report(console: Console, cfg: StudyConfig):
+def _report(console: Console):
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state == TrialState.COMPLETE:
             a = trial.user_attrs
@@ -76,7 +77,7 @@ def run_search(
         f"validates on {len(val)} (fold {cfg.split.val_fold}); test fold {cfg.split.test_fold} held out"
     )
 
-    callbacks = [_report(console, cfg)]
+    callbacks = [_report(console)]
     if budget.max_trials is not None:
         if completed_count(study) >= budget.max_trials:
             console.print(f"study already has {completed_count(study)} complete trials (budget {budget.max_trials})")

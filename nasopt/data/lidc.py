@@ -44,8 +44,8 @@ from nasopt.data.lidc_db import (
     scan_spacing,
     slice_positions,
 )
-from nasopt.data.parallel import run_tasks
 from nasopt.data.noduleset import NoduleSet
+from nasopt.data.parallel import run_tasks
 from nasopt.errors import DataError
 
 #: Bumped whenever this module's output changes for the same input.
