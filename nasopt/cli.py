@@ -153,14 +153,13 @@ def main() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # nasopt prints its own progress
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns Typer's exit code instead of exiting
     except NasoptError as exc:
         message = escape(str(exc))  # messages quote TOML like [space]; not rich markup
         Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted; run the same command again to resume")
-        sys.exit(130)
+        code = 130
     except (typer.Abort, typer.Exit) as exc:
         sys.exit(getattr(exc, "exit_code", 1))
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
@@ -170,6 +169,10 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if code == 130:  # Typer turns Ctrl-C into exit code 130
+        Console(stderr=True).print("interrupted; run the same command again to resume")
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ every worker.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import optuna
@@ -30,6 +31,17 @@ class Budget:
     n_trials: int | None = None  # trials this process runs
     max_trials: int | None = None  # complete trials in the whole study
     timeout: float | None = None  # seconds this process runs
+
+
+class _NoTracebackForExpectedFailures(logging.Filter):
+    """A diverged or interrupted trial gets nasopt's own one-line report, not Optuna's traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, (TrainingDiverged, KeyboardInterrupt))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoTracebackForExpectedFailures())
 
 
 def _report(console: Console):

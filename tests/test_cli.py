@@ -118,6 +118,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_search_goes_on(tmp_path
     study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path}/storage/nasopt.db")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2  # both ran
     assert "training loss became" in proc.stdout
+    assert "Traceback" not in proc.stderr  # the trial's own line says why; no stack for it
     assert "lower the learning rate" in study.trials[0].user_attrs["fail_reason"]
 
 
@@ -219,3 +220,23 @@ def test_dashboard_serves_the_study_and_its_artifacts(tmp_path, cache_dir):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_ctrl_c_marks_the_running_trial_failed_and_the_study_resumes(tmp_path, cache_dir):
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "nasopt", "search", "--study", "stop", "--n-trials", "2", *small(cache_dir),
+            "--set", "train.epochs=50"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:  # wait until training has started
+        if "held out" in line:
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted; run the same command again to resume" in err and "Traceback" not in err
+    study = optuna.load_study(study_name="stop", storage=f"sqlite:///{tmp_path}/storage/nasopt.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
