@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# A CPU build of torch where there is no NVIDIA GPU; pip's default build elsewhere.
-# Override, e.g. TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+# torch first, pinned: on this project's CPU machines pip takes its CPU build from local disk.
+# Elsewhere: TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu" (no GPU) or TORCH_SPEC=torch (GPU).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
