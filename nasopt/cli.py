@@ -49,7 +49,7 @@ def data_prepare(
     """Prepare a data source into a cached NoduleSet (reused when inputs are unchanged)."""
     import json
 
-    from nasopt.data.prepare import prepare_phantom, prepare_real, skip_report_path
+    from nasopt.data.prepare import prepare, skip_report_path
 
     # json.dumps gives a valid TOML string for any text (quotes, backslashes in paths).
     overrides = list(set_ or []) + [f"data.source={json.dumps(source)}"]
@@ -58,11 +58,10 @@ def data_prepare(
             overrides.append(f"data.{key}={json.dumps(value if isinstance(value, int) else str(value))}")
     cfg = load_config(config, overrides)
     t0 = time.perf_counter()
+    ns, path = prepare(cfg.data, workers=workers, progress=True, force=force, skip_bad=skip_bad)
     if cfg.data.source == "phantom":
-        ns, path = prepare_phantom(cfg.data, workers=workers, progress=True, force=force)
         note = " [dim](LIDC phantom: real annotations, synthetic CT intensities)[/dim]"
     else:
-        ns, path = prepare_real(cfg.data, workers=workers, progress=True, force=force, skip_bad=skip_bad)
         note = "" if ns.folds is None else f", predefined folds {sorted(set(ns.folds.tolist()))}"
     n_mal = int(ns.labels.sum())
     console.print(

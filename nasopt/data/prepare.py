@@ -61,52 +61,45 @@ def skip_report_path(cache: Path) -> Path:
     return cache.with_name(cache.name.removesuffix(".safetensors") + ".skipped.json")
 
 
-def prepare_phantom(data: DataSection, workers: int = 1, progress: bool = True, force: bool = False) -> tuple[NoduleSet, Path]:
-    """Build the LIDC phantom for ``data`` and cache it (reused when already there)."""
-    from nasopt.data.phantom import build_phantom
-
+def prepare(
+    data: DataSection, workers: int = 1, progress: bool = True, force: bool = False, skip_bad: bool = False
+) -> tuple[NoduleSet, Path]:
+    """Prepare ``data``'s source into its cache, or load the cache when it is already there."""
     path = cache_path(data)
     if path.is_file() and not force:
         return NoduleSet.load(path), path
-    ns = build_phantom(_phantom_params(data, workers), progress=progress)
-    ns.save(path)
+    if data.source == "phantom":
+        from nasopt.data.phantom import build_phantom
+
+        ns = build_phantom(_phantom_params(data, workers), progress=progress)
+    else:
+        ns = _build_real(data, workers, progress, skip_bad, skip_report_path(path))
+    ns.save(path)  # atomic: a run that failed above leaves no cache behind
     return ns, path
 
 
-def prepare_real(
-    data: DataSection, workers: int = 1, progress: bool = True, force: bool = False, skip_bad: bool = False
-) -> tuple[NoduleSet, Path]:
-    """Prepare a real-data source (lidc, luna16, nodulemnist3d) and cache it (reused when there)."""
+def _build_real(data: DataSection, workers: int, progress: bool, skip_bad: bool, report: Path) -> NoduleSet:
     from nasopt.data.labels import LabelPolicy
 
-    path = cache_path(data)
-    if path.is_file() and not force:
-        return NoduleSet.load(path), path
     where = getattr(data, REAL_INPUTS[data.source])
     if where is None:
         raise DataError(
             f"--source {data.source} needs {REAL_SOURCES[data.source]} "
             f"(or data.{REAL_INPUTS[data.source]} in the study file)"
         )
-    common = dict(
-        crop_size=data.crop_size, workers=workers, skip_bad=skip_bad, progress=progress,
-        report_path=skip_report_path(path),
-    )
+    common = dict(crop_size=data.crop_size, workers=workers, skip_bad=skip_bad, progress=progress, report_path=report)
     policy = LabelPolicy(min_readers=data.min_readers, ambiguous=data.ambiguous)
     if data.source == "lidc":
         from nasopt.data.lidc import prepare_lidc
 
-        ns = prepare_lidc(where, policy=policy, **common)
-    elif data.source == "luna16":
+        return prepare_lidc(where, policy=policy, **common)
+    if data.source == "luna16":
         from nasopt.data.luna16 import prepare_luna16
 
-        ns = prepare_luna16(where, policy=policy, **common)
-    else:
-        from nasopt.data.nodulemnist3d import prepare_nodulemnist3d
+        return prepare_luna16(where, policy=policy, **common)
+    from nasopt.data.nodulemnist3d import prepare_nodulemnist3d
 
-        ns = prepare_nodulemnist3d(where, **common)
-    ns.save(path)  # atomic: a run that failed above leaves no cache behind
-    return ns, path
+    return prepare_nodulemnist3d(where, **common)
 
 
 def load_data(data: DataSection, progress: bool = True) -> NoduleSet:
@@ -116,7 +109,7 @@ def load_data(data: DataSection, progress: bool = True) -> NoduleSet:
     if path.is_file():
         return NoduleSet.load(path)
     if data.source == "phantom":
-        return prepare_phantom(data, progress=progress)[0]
+        return prepare(data, progress=progress)[0]
     raise DataError(
         f"{path}: no prepared {data.source} data; run `nasopt data prepare --source {data.source} "
         f"{REAL_SOURCES[data.source]}` first"
