@@ -24,7 +24,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/train_throughput.py --workers 1 2 --parity
 
 clean-storage:
 	rm -rf storage/nasopt.db* storage/artifacts storage/cache

@@ -1,15 +1,19 @@
 """Training throughput of the trainer's own step on the three networks of PAPER.md.
 
-Each configuration runs in its own process (so its peak memory is its own) and prints:
-samples/s (median over --repeats timed runs of about --seconds each of full training steps:
-on-device augmentation, forward, A-Softmax loss, backward, Adam), achieved FLOP/s (torch's flop
-counter on one step), and peak memory (CUDA allocator peak, or process peak RSS on CPU).
+Each row (configuration) runs in its own warm process, so its peak memory is its own, and the
+timed runs go round-robin across a network's rows, so the machine's slow spells hit every row
+alike. A row prints samples/s (median over --repeats timed runs of about --seconds each of full
+training steps: on-device augmentation, forward, A-Softmax loss, backward, Adam), achieved
+FLOP/s (torch's flop counter on one step), and peak memory (CUDA allocator peak, or process peak
+RSS on CPU).
 The `paper-style` row trains the same network the way the published NAS-Lung loop does (a
 DataLoader over per-sample numpy augmentation, contiguous fp32, batch 8): the same-run
-baseline of the `x paper-style` ratio.
+baseline of the `x paper-style` ratio. `--workers 1 2` adds rows for several trainers running
+at once on the same machine (or GPU), the threads split between them: their summed samples/s.
+`--parity` then prints the accuracy-parity line (see benchmarks/accuracy_parity.py).
 
     python benchmarks/train_throughput.py                     # CPU, fp32 and bf16 where fast
-    python benchmarks/train_throughput.py --device cuda --batch 8 32 128
+    python benchmarks/train_throughput.py --device cuda --batch 8 32 128 --workers 1 2 4 8
 """
 
 from __future__ import annotations
@@ -64,23 +68,25 @@ def paper_style_batches(pool, labels, batch: int, norm: tuple[float, float], see
         yield from loader
 
 
-def measure(arch_idx: int, precision: str, batch: int, seconds: float, repeats: int, device: str, threads: int) -> dict:
+def serve(arch_idx: int, precision: str, batch: int, seconds: float, device: str, threads: int) -> None:
+    """One configuration in this process: warm up, print ``ready``, then for each ``go`` line on
+    stdin run one timed run of about ``seconds`` and print its samples/s; on ``done`` print the
+    figures that do not change between runs (JSON) and return."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from nasopt.config import TrainSection
     from nasopt.model import AngularMarginLoss, build_network, count_params
     from nasopt.space import Architecture
-    from nasopt.train import augment_batch, train_step, use_bf16, use_channels_last
+    from nasopt.train import augment_batch, set_layout, train_step, use_bf16
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
     baseline = precision == "paper-style"
     cfg = TrainSection(precision="fp32" if baseline else precision, channels_last=False if baseline else "auto")
-    stages = list(ARCHS.values())[arch_idx]
-    arch = Architecture(stages, True, (True,) * 3, 4)
-    mf = torch.channels_last_3d if use_channels_last(cfg.channels_last, dev) else torch.contiguous_format
-    model = build_network(arch).to(dev, memory_format=mf)
+    arch = Architecture(list(ARCHS.values())[arch_idx], True, (True,) * 3, 4)
+    model = build_network(arch).to(dev)
+    mf = set_layout(model, cfg.channels_last, dev)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=cfg.betas)
     crit = AngularMarginLoss(4)
     bf16 = use_bf16(precision, dev)
@@ -89,7 +95,6 @@ def measure(arch_idx: int, precision: str, batch: int, seconds: float, repeats: 
     pool = torch.randint(-1000, 300, (max(256, batch), side, side, side), dtype=torch.int16, device=dev)
     labels = torch.randint(0, 2, (len(pool),), device=dev)
     norm = (-600.0, 400.0)
-
     batches = paper_style_batches(pool, labels.cpu(), batch, norm)
 
     def step() -> torch.Tensor:
@@ -105,35 +110,56 @@ def measure(arch_idx: int, precision: str, batch: int, seconds: float, repeats: 
     sync()
     with FlopCounterMode(display=False) as counter:
         step()
-    flops_per_step = counter.get_total_flops()
     t0 = time.perf_counter()
     float(step())
     sync()
     steps = max(1, round(seconds / (time.perf_counter() - t0)))
-    rates = []
-    for _ in range(repeats):
+    print("ready", flush=True)
+    while sys.stdin.readline().strip() == "go":
         sync()
         t0 = time.perf_counter()
         for _ in range(steps):
             loss = step()
         float(loss)
         sync()
-        rates.append(batch * steps / (time.perf_counter() - t0))
-    sps = statistics.median(rates)
+        print(batch * steps / (time.perf_counter() - t0), flush=True)
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {
-        "params": count_params(model),
-        "samples_per_s": sps,
-        "min": min(rates),
-        "max": max(rates),
-        "gflops": flops_per_step * sps / batch / 1e9,
-        "peak_mib": peak,
-        "bf16": bf16,
-        "steps": steps,
-    }
+    print(json.dumps({"params": count_params(model), "flops_per_sample": counter.get_total_flops() / batch,
+                      "peak_mib": peak, "bf16": bf16}), flush=True)
+
+
+class Group:
+    """``workers`` processes serving one configuration, ``threads // workers`` threads each."""
+
+    def __init__(self, config: list, workers: int, args: argparse.Namespace, threads: int) -> None:
+        self.config, self.workers, self.rates = config, workers, []
+        cmd = [sys.executable, __file__, "--one", json.dumps(config), "--device", args.device,
+               "--seconds", str(args.seconds), "--threads", str(max(1, threads // workers))]
+        self.procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
+        for p in self.procs:
+            if p.stdout.readline().strip() != "ready":
+                sys.exit(f"benchmark process failed with exit code {p.wait()}: {' '.join(cmd)}")
+
+    def _tell(self, word: str) -> list[str]:
+        for p in self.procs:
+            p.stdin.write(word + "\n")
+            p.stdin.flush()
+        return [p.stdout.readline() for p in self.procs]
+
+    def timed_run(self) -> None:
+        """All workers run one timed run at once; the group's rate is their sum."""
+        self.rates.append(sum(float(r) for r in self._tell("go")))
+
+    def finish(self) -> dict:
+        info = [json.loads(line) for line in self._tell("done")]
+        for p in self.procs:
+            p.wait()
+        sps = statistics.median(self.rates)
+        return {**info[0], "samples_per_s": sps, "min": min(self.rates), "max": max(self.rates),
+                "gflops": info[0]["flops_per_sample"] * sps / 1e9, "peak_mib": max(i["peak_mib"] for i in info)}
 
 
 def main() -> None:
@@ -143,44 +169,59 @@ def main() -> None:
                     help="paper-style = the published loop's shape (per-sample numpy augmentation, contiguous fp32), the same-run baseline")
     ap.add_argument("--batch", nargs="+", type=int, default=[8, 32])
     ap.add_argument("--archs", nargs="+", type=int, default=[0, 1, 2], help="indices into the table")
+    ap.add_argument("--workers", nargs="+", type=int, default=[1], help="trainers running at once (rows per count)")
     ap.add_argument("--seconds", type=float, default=3.0, help="length of one timed run")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="threads in all (split between workers)")
     ap.add_argument("--force-bf16", action="store_true", help="run bf16 even where the hardware makes it slow")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
+    ap.add_argument("--parity", action="store_true", help="then print the accuracy-parity line")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: serve one configuration
     args = ap.parse_args()
 
     import torch
 
     threads = args.threads or torch.get_num_threads()
     if args.one:
-        a, p, b = json.loads(args.one)
-        print(json.dumps(measure(a, p, b, args.seconds, args.repeats, args.device, threads)))
+        serve(*json.loads(args.one), args.seconds, args.device, threads)
         return
 
     from nasopt.train import bf16_is_fast
 
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {threads} threads"
-    print(f"torch {torch.__version__} on {name}; median of {args.repeats} runs of ~{args.seconds:.0f} s; trainer defaults (on-device augmentation, channels-last on GPU)")
-    print(f"{'network':<50} {'prec':<11} {'batch':>5} {'samples/s':>10} {'(min-max)':>14} {'GFLOP/s':>8} {'peak MiB':>9} {'x paper-style':>13} {'PAPER.md':>9}")
+    print(f"torch {torch.__version__} on {name}; median of {args.repeats} timed runs of ~{args.seconds:g} s per row, "
+          "taken in turn across the rows of a network; trainer defaults: on-device augmentation, channels-last "
+          "convolutions on CPU, channels-last throughout on GPU")
+    print(f"{'network':<50} {'prec':<11} {'batch':>5} {'workers':>7} {'samples/s':>10} {'(min-max)':>14} {'GFLOP/s':>8} "
+          f"{'peak MiB':>9} {'x paper-style':>13} {'PAPER.md':>9}")
     for a in args.archs:
-        base = None
+        rows = []
         for p in args.precision:
             if p == "bf16" and not bf16_is_fast(dev) and not args.force_bf16:
                 print(f"{list(ARCHS)[a]:<50} bf16        skipped: this {dev.type} has no fast bf16 (no AMX / AVX512-BF16); --force-bf16 runs it")
                 continue
             for b in [8] if p == "paper-style" else args.batch:
-                cmd = [sys.executable, __file__, "--one", json.dumps([a, p, b]), "--device", args.device,
-                       "--seconds", str(args.seconds), "--repeats", str(args.repeats), "--threads", str(threads)]
-                r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-                if p == "paper-style":
-                    base = r["samples_per_s"]
-                ratio = f"{r['samples_per_s'] / base:.2f}" if base else ""
-                paper = PAPER[a] if p == "paper-style" else ""
-                spread = f"({r['min']:.0f}-{r['max']:.0f})"
-                print(f"{list(ARCHS)[a]:<50} {p:<11} {b:>5} {r['samples_per_s']:>10.1f} {spread:>14} "
-                      f"{r['gflops']:>8.1f} {r['peak_mib']:>9.0f} {ratio:>13} {paper:>9}", flush=True)
+                rows += [(p, b, w) for w in ([1] if p == "paper-style" else args.workers)]
+        # One warm group of processes per row; timed runs go round-robin across the rows, so a
+        # slow spell of this shared machine hits every row alike and the ratios stay fair.
+        groups = [Group([a, p, b], w, args, threads) for p, b, w in rows]
+        for _ in range(args.repeats):
+            for g in groups:
+                g.timed_run()
+        base = None
+        for (p, b, w), g in zip(rows, groups):
+            r = g.finish()
+            if p == "paper-style":
+                base = r["samples_per_s"]
+            ratio = f"{r['samples_per_s'] / base:.2f}" if base else ""
+            spread = f"({r['min']:.0f}-{r['max']:.0f})"
+            print(f"{list(ARCHS)[a]:<50} {p:<11} {b:>5} {w:>7} {r['samples_per_s']:>10.1f} {spread:>14} "
+                  f"{r['gflops']:>8.1f} {r['peak_mib']:>9.0f} {ratio:>13} {PAPER[a] if p == 'paper-style' else '':>9}",
+                  flush=True)
+    if args.parity:
+        from accuracy_parity import main as parity_main
+
+        parity_main(["--device", args.device])
 
 
 if __name__ == "__main__":

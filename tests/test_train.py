@@ -7,7 +7,8 @@ import torch
 from nasopt.config import TrainSection
 from nasopt.model import build_network, count_params
 from nasopt.space import Architecture
-from nasopt.train import TrainingDiverged, fit, lr_factor, predict_proba
+from nasopt.model.blocks import Conv3d
+from nasopt.train import TrainingDiverged, fit, lr_factor, predict_proba, set_layout
 from tests.conftest import blob_set
 
 TINY = Architecture(((4,), (8,), (8,)), True, (True, False, True), 2)
@@ -30,7 +31,7 @@ def test_fit_learns_a_separable_task_and_reports_everything():
     net = build_network(TINY)
     net.load_state_dict(r.state_dict)
     val = ns.subset(np.arange(120, 160))
-    prob = predict_proba(net, torch.from_numpy(val.crops), r.norm, 32, channels_last=True)
+    prob = predict_proba(net, torch.from_numpy(val.crops), r.norm, 32, memory_format=torch.channels_last_3d)
     assert np.allclose(prob.numpy(), r.val_prob, atol=1e-5)
 
 
@@ -58,3 +59,24 @@ def test_lr_schedule_is_constant_then_linear():
     factors = [lr_factor(e, 10, 0.5) for e in range(10)]
     assert factors[:5] == [1.0] * 5 and factors[5:] == [1.0, 0.8, 0.6, 0.4, 0.2]
     assert lr_factor(0, 1, 1.0) == 1.0
+
+
+@pytest.mark.parametrize("setting", ["auto", True, False])
+def test_every_layout_computes_the_same_network(setting):
+    # auto on CPU: contiguous activations, channels-last convolutions; True: channels-last
+    # throughout; False: contiguous throughout. Same outputs and gradients for each.
+    torch.manual_seed(0)
+    ref, net = build_network(TINY), build_network(TINY)
+    net.load_state_dict(ref.state_dict())
+    fmt = set_layout(net, setting, torch.device("cpu"))
+    assert fmt == (torch.channels_last_3d if setting is True else torch.contiguous_format)
+    convs = [m for m in net.modules() if isinstance(m, Conv3d)]
+    assert convs and all(m.channels_last_compute == (setting == "auto") for m in convs)
+    x = torch.randn(4, 1, 32, 32, 32)
+    outs = []
+    for model, inp in ((ref, x), (net, x.contiguous(memory_format=fmt))):
+        out = model(inp)[0]
+        out.sum().backward()
+        outs.append((out, model.stem[0][0].weight.grad))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-4)
+    assert torch.allclose(outs[0][1], outs[1][1], rtol=1e-3, atol=1e-4)

@@ -6,10 +6,29 @@ import torch
 from torch import nn
 
 
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that can run its kernels channels-last inside a contiguous network.
+
+    With ``channels_last_compute`` set, a contiguous input is converted to channels-last for the
+    convolution and the output back. On CPU, oneDNN's channels-last 3D convolutions at 1-16
+    channels run 1.4-1.8x faster forward plus backward than its contiguous ones (whose weight
+    gradient falls back to im2col + GEMM), while its channels-last batch norm at those widths is
+    about 5x slower than the contiguous one; converting around each convolution keeps the fast
+    half of both. ``nasopt.train.set_layout`` sets the flag.
+    """
+
+    channels_last_compute = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last_compute and x.is_contiguous():
+            return super().forward(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
+        return super().forward(x)
+
+
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     """3x3x3 convolution (no bias: batch norm follows), batch norm, ReLU."""
     return nn.Sequential(
-        nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm3d(c_out),
         nn.ReLU(inplace=True),
     )
@@ -22,7 +41,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             conv_bn_relu(c_in, c_out),
-            nn.Conv3d(c_out, c_out, 3, padding=1, bias=False),
+            Conv3d(c_out, c_out, 3, padding=1, bias=False),
             nn.BatchNorm3d(c_out),
         )
         self.shortcut: nn.Module = (
@@ -53,7 +72,7 @@ class CBAM(nn.Module):
         self.mlp = nn.Sequential(
             nn.Conv3d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True), nn.Conv3d(hidden, channels, 1, bias=False)
         )
-        self.spatial = nn.Conv3d(2, 1, spatial_kernel, padding=spatial_kernel // 2, bias=False)
+        self.spatial = Conv3d(2, 1, spatial_kernel, padding=spatial_kernel // 2, bias=False)
         self.record = False
         self.channel_map: torch.Tensor | None = None
         self.spatial_map: torch.Tensor | None = None
