@@ -78,7 +78,7 @@ def serve(arch_idx: int, precision: str, batch: int, seconds: float, device: str
     from nasopt.config import TrainSection
     from nasopt.model import AngularMarginLoss, build_network, count_params
     from nasopt.space import Architecture
-    from nasopt.train import augment_batch, set_layout, train_step, use_bf16
+    from nasopt.train import augment_batch, make_optimizer, set_layout, train_step, use_bf16
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -87,7 +87,8 @@ def serve(arch_idx: int, precision: str, batch: int, seconds: float, device: str
     arch = Architecture(list(ARCHS.values())[arch_idx], True, (True,) * 3, 4)
     model = build_network(arch).to(dev)
     mf = set_layout(model, cfg.channels_last, dev)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=cfg.betas)
+    # The published loop's optimizer is plain Adam; the trainer's is its own (fused).
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=cfg.betas) if baseline else make_optimizer(model, 2e-4, cfg)
     crit = AngularMarginLoss(4)
     bf16 = use_bf16(precision, dev)
     gen = torch.Generator(device=dev).manual_seed(0)

@@ -9,18 +9,19 @@ from torch import nn
 class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that can run its kernels channels-last inside a contiguous network.
 
-    With ``channels_last_compute`` set, a contiguous input is converted to channels-last for the
-    convolution and the output back. On CPU, oneDNN's channels-last 3D convolutions at 1-16
-    channels run 1.4-1.8x faster forward plus backward than its contiguous ones (whose weight
-    gradient falls back to im2col + GEMM), while its channels-last batch norm at those widths is
-    about 5x slower than the contiguous one; converting around each convolution keeps the fast
-    half of both. ``nasopt.train.set_layout`` sets the flag.
+    With ``channels_last_compute`` set, a contiguous input of side >= 16 is converted to
+    channels-last for a stride-1 convolution and the output back. On CPU that is where oneDNN's
+    channels-last kernels win: forward plus backward 1.3-1.75x faster at 1-16 channels on
+    16^3-32^3 volumes, where the contiguous weight gradient falls back to im2col + GEMM; on 4^3
+    and 8^3 volumes and for stride 2 they are even or slower. Batch norm stays contiguous: at
+    4-16 channels oneDNN's channels-last one is about 5x slower. ``nasopt.train.set_layout``
+    sets the flag.
     """
 
     channels_last_compute = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last_compute and x.is_contiguous():
+        if self.channels_last_compute and self.stride[0] == 1 and x.shape[-1] >= 16 and x.is_contiguous():
             return super().forward(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
         return super().forward(x)
 
