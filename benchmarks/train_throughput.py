@@ -136,7 +136,7 @@ class Group:
     """``workers`` processes serving one configuration, ``threads // workers`` threads each."""
 
     def __init__(self, config: list, workers: int, args: argparse.Namespace, threads: int) -> None:
-        self.config, self.workers, self.rates = config, workers, []
+        self.rates: list[float] = []
         cmd = [sys.executable, __file__, "--one", json.dumps(config), "--device", args.device,
                "--seconds", str(args.seconds), "--threads", str(max(1, threads // workers))]
         self.procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
