@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/nasopt search --study demo --config studies/demo.toml --max-trials 12
+	$(VENV)/bin/nasopt launch --workers 2 --study demo --config studies/demo.toml --max-trials 12
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -88,6 +88,7 @@ def search(
         int, typer.Option(help="Offsets the sampler seed so concurrent workers explore apart (set by launch).")
     ] = 0,
     set_: SetOpt = None,
+    front: Annotated[bool, typer.Option(help="Print the Pareto front at the end (launch prints it once).")] = True,
 ) -> None:
     """Run (or resume) a search and print its Pareto front."""
     if sampler is not None and sampler not in SAMPLERS:
@@ -100,7 +101,8 @@ def search(
     result = run_search(
         study, cfg, storage, Budget(n_trials, max_trials, timeout), sampler, device, seed, threads, console
     )
-    console.print(pareto_table(result))
+    if front:
+        console.print(pareto_table(result))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -115,10 +117,12 @@ def launch(
     import torch
 
     from nasopt.launch import launch as run
+    from nasopt.launch import option_value
 
     code = run(workers, ctx.args, gpus=torch.cuda.device_count())
     if code:
         sys.exit(code)
+    front(option_value(ctx.args, "--study", "nasopt"), option_value(ctx.args, "--storage"))
 
 
 @app.command()

@@ -3,7 +3,8 @@
 Each worker is a ``nasopt search`` process with its own sampler seed, its share of the CPU
 threads and, on a GPU machine, a GPU (round robin, so several workers share a GPU when there
 are more workers than GPUs). Worker 0 starts first and prepares the data; the others start once
-it is training, so a missing cache is built once.
+it is training, so a missing cache is built once. The workers print no Pareto front; the
+``launch`` command prints it once, when all have finished.
 """
 
 from __future__ import annotations
@@ -23,13 +24,23 @@ def worker_commands(n: int, args: Sequence[str], cpus: int, gpus: int) -> list[l
     """The command line of each of ``n`` workers for ``nasopt search`` arguments ``args``."""
     cmds = []
     for i in range(n):
-        cmd = [sys.executable, "-m", "nasopt", "search", *args, "--worker-index", str(i)]
+        cmd = [sys.executable, "-m", "nasopt", "search", *args, "--worker-index", str(i), "--no-front"]
         if "--threads" not in args:
             cmd += ["--threads", str(max(1, cpus // n))]
         if "--device" not in args and gpus:
             cmd += ["--device", f"cuda:{i % gpus}"]
         cmds.append(cmd)
     return cmds
+
+
+def option_value(args: Sequence[str], name: str, default: str | None = None) -> str | None:
+    """The value of ``name`` in a command line, given as ``name value`` or ``name=value``."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
 
 
 def _pump(i: int, proc: subprocess.Popen, ready: threading.Event | None) -> None:

@@ -169,6 +169,9 @@ def test_launch_runs_several_workers_on_one_study(tmp_path, cache_dir):
     proc = nasopt(tmp_path, "launch", "--workers", "2", "--study", "many", "--max-trials", "3", *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[w0] trial" in proc.stdout and "[w1] trial" in proc.stdout
+    # One Pareto front, printed by the launcher once both workers are done.
+    assert proc.stdout.count("Pareto front of study 'many'") == 1
+    assert "[w" not in proc.stdout.split("Pareto front of study")[1]
     study = optuna.load_study(study_name="many", storage=f"sqlite:///{tmp_path}/storage/nasopt.db")
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert 3 <= len(complete) <= 4  # each worker checks the budget after its trial: overshoot <= 1
