@@ -25,9 +25,9 @@ def worker_commands(n: int, args: Sequence[str], cpus: int, gpus: int) -> list[l
     cmds = []
     for i in range(n):
         cmd = [sys.executable, "-m", "nasopt", "search", *args, "--worker-index", str(i), "--no-front"]
-        if "--threads" not in args:
+        if option_value(args, "--threads") is None:
             cmd += ["--threads", str(max(1, cpus // n))]
-        if "--device" not in args and gpus:
+        if option_value(args, "--device") is None and gpus:
             cmd += ["--device", f"cuda:{i % gpus}"]
         cmds.append(cmd)
     return cmds

@@ -187,6 +187,8 @@ def test_worker_commands_split_threads_seeds_and_gpus():
     assert [c[c.index("--device") + 1] for c in cmds] == ["cuda:0", "cuda:1", "cuda:0"]
     mine = worker_commands(2, ["--threads", "3", "--device", "cpu"], cpus=8, gpus=2)
     assert all(c.count("--threads") == 1 and c.count("--device") == 1 for c in mine)
+    joined = worker_commands(2, ["--threads=3", "--device=cpu"], cpus=8, gpus=2)
+    assert not any("--threads" in c or "--device" in c for c in joined)
 
 
 def test_dashboard_serves_the_study_and_its_artifacts(tmp_path, cache_dir):
