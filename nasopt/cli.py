@@ -6,6 +6,7 @@ on stderr and exit status 2; no traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -174,6 +175,11 @@ def main() -> None:
         raise
     if code == 130:  # Typer turns Ctrl-C into exit code 130
         Console(stderr=True).print("interrupted; run the same command again to resume")
+        # The interrupted trial is already stored as failed. Exit here: when the Ctrl-C landed
+        # inside an import, CPython 3.11 still ends a normal exit with SIGINT (status -2, not 130).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     if isinstance(code, int) and code:
         sys.exit(code)
 

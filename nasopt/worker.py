@@ -71,6 +71,12 @@ def run_search(
 ) -> optuna.Study:
     """Create or resume ``study_name`` and run trials until the budget is spent."""
     console = console or Console()
+    # torch imports torch._dynamo (~2 s, 800 modules) the first time an optimizer is built. Pay
+    # it here rather than inside trial 0: its time stays out of the trial's, and a Ctrl-C during
+    # training cannot land in the middle of that import, where CPython may swallow it or end the
+    # process with SIGINT status instead of 130.
+    import torch._dynamo  # noqa: F401
+
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
