@@ -7,6 +7,7 @@ every worker.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 
@@ -75,7 +76,7 @@ def run_search(
     # it here rather than inside trial 0: its time stays out of the trial's, and a Ctrl-C during
     # training cannot land in the middle of that import, where CPython may swallow it or end the
     # process with SIGINT status instead of 130.
-    import torch._dynamo  # noqa: F401
+    importlib.import_module("torch._dynamo")
 
     dev = resolve_device(device)
     if threads:

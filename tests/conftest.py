@@ -1,3 +1,12 @@
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -21,3 +30,50 @@ def blob_set(n: int = 120, side: int = 40, seed: int = 0, per_patient: int = 2) 
 @pytest.fixture
 def toy_set() -> NoduleSet:
     return blob_set()
+
+
+def _postgres_bin() -> Path | None:
+    """PostgreSQL's server programs: on PATH, else Debian's /usr/lib/postgresql/N/bin."""
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        return Path(on_path).resolve().parent
+    newest = max(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: float(p.parts[-3]), default=None)
+    return newest.parent if newest else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on loopback, with a password; stopped and deleted afterwards."""
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        message = "PostgreSQL server programs not found (Debian: apt-get install postgresql)"
+        if os.environ.get("CI"):  # .ci/run installs it: a missing server there is a failure
+            pytest.fail(message)
+        pytest.skip(message)
+    root = Path(tempfile.mkdtemp(prefix="nasopt-pg-"))  # not under pytest's 0700 tmp: the server user must reach it
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root; Debian's package makes a postgres user
+        user = pwd.getpwnam("postgres")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    password = "s3cr3t-pg"
+    (root / "pw").write_text(password)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = root / "db"
+
+    def run(*cmd: object) -> None:
+        proc = subprocess.run([*as_user, *map(str, cmd)], capture_output=True, text=True, timeout=120, check=False)
+        if proc.returncode:
+            pytest.fail(f"{cmd[0]} failed: {proc.stdout}{proc.stderr}")
+
+    try:
+        run(bin_dir / "initdb", "-D", db, "-U", "nasopt", "--pwfile", root / "pw", "--auth", "scram-sha-256")
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        run(bin_dir / "pg_ctl", "start", "-w", "-D", db, "-l", root / "log", "-o", options)
+        yield f"postgresql+psycopg://nasopt:{password}@127.0.0.1:{port}/postgres"
+    finally:
+        stop = [*as_user, str(bin_dir / "pg_ctl"), "stop", "-D", str(db), "-m", "immediate"]
+        subprocess.run(stop, capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)

@@ -178,6 +178,23 @@ def test_launch_runs_several_workers_on_one_study(tmp_path, cache_dir):
     assert len({t.user_attrs["arch_summary"] + str(t.params["lr"]) for t in complete}) == len(complete)
 
 
+def test_two_workers_share_one_postgresql_study(tmp_path, cache_dir, postgres_url):
+    args = small(cache_dir)[:-2]
+    proc = nasopt(tmp_path, "launch", "--workers", "2", "--study", "pg", "--storage", postgres_url, "--max-trials", "3", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[w0] trial" in proc.stdout and "[w1] trial" in proc.stdout
+    assert "s3cr3t-pg" not in proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert 3 <= len(complete) <= 4 and len({t.number for t in complete}) == len(complete)
+    for t in complete:  # artifacts of a server storage go to storage/artifacts under the working folder
+        assert (tmp_path / "storage" / "artifacts" / t.user_attrs["artifact_weights"]).is_file()
+    assert not (tmp_path / "storage" / "nasopt.db").exists()
+
+    front = nasopt(tmp_path, "front", "--study", "pg", "--storage", postgres_url)
+    assert front.returncode == 0 and f"Pareto front of study 'pg' ({len(complete)} complete trials)" in front.stdout
+
+
 def test_worker_commands_split_threads_seeds_and_gpus():
     from nasopt.launch import worker_commands
 
@@ -241,7 +258,7 @@ def test_ctrl_c_marks_the_running_trial_failed_and_the_study_resumes(tmp_path, c
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert "interrupted; run the same command again to resume" in err and "Traceback" not in err
     study = optuna.load_study(study_name="stop", storage=f"sqlite:///{tmp_path}/storage/nasopt.db")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
