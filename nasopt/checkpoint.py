@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from nasopt.atomic import atomic_write
 from nasopt.errors import DataError
 
 HEADER_KEY = "nasopt"
@@ -20,19 +19,12 @@ HEADER_KEY = "nasopt"
 def save_weights(path: str | Path, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> Path:
     """Write ``tensors`` and a JSON ``header`` to ``path`` via a temp file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
             tmp,
             metadata={HEADER_KEY: json.dumps(header, sort_keys=True)},
         )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from nasopt.atomic import atomic_write
 from nasopt.checkpoint import load_weights, save_weights
 from nasopt.data.noduleset import NoduleSet
 from nasopt.errors import DataError
@@ -17,6 +18,17 @@ def test_cache_round_trip_is_exact(tmp_path):
     assert np.array_equal(back.labels, ns.labels) and np.array_equal(back.folds, ns.folds)
     assert back.meta == ns.meta and back.source == "toy" and back.params == ns.params
     assert [p.name for p in path.parent.iterdir()] == ["set.safetensors"]  # no temp files left
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_temp_file(tmp_path):
+    path = blob_set(n=4, side=8).save(tmp_path / "set.safetensors")
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError), atomic_write(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(b"partial")
+        raise RuntimeError("interrupted mid-write")
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["set.safetensors"]
 
 
 def test_damaged_or_missing_cache_is_a_clear_error(tmp_path):

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasopt.atomic import atomic_write
 from nasopt.errors import DataError
 
 
@@ -41,14 +41,7 @@ class SkipReport:
     def write(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write ``{"source", "skipped": [{item, reason}], ...extra}`` as JSON, atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"source": self.source, "skipped": self.items, **(extra or {})}
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(payload, handle, indent=2)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_write(path) as tmp, open(tmp, "w") as handle:
+            json.dump(payload, handle, indent=2)
         return path

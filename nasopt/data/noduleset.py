@@ -9,8 +9,6 @@ loading never unpickles and the file can be memory-mapped.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
+from nasopt.atomic import atomic_write
 from nasopt.errors import DataError
 
 #: Bumped whenever the cache layout or a source's output changes meaning.
@@ -83,7 +82,6 @@ class NoduleSet:
     def save(self, path: str | Path) -> Path:
         """Write the cache atomically: a temp file in the same folder, then a rename."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
             "crops": np.ascontiguousarray(self.crops, dtype=np.int16),
             "labels": np.ascontiguousarray(self.labels, dtype=np.int64),
@@ -96,14 +94,8 @@ class NoduleSet:
             "params": json.dumps(self.params, sort_keys=True),
             "meta": json.dumps(self.meta),
         }
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_write(path) as tmp:
             save_file(tensors, tmp, metadata=header)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     @classmethod
