@@ -72,12 +72,6 @@ def run_search(
 ) -> optuna.Study:
     """Create or resume ``study_name`` and run trials until the budget is spent."""
     console = console or Console()
-    # torch imports torch._dynamo (~2 s, 800 modules) the first time an optimizer is built. Pay
-    # it here rather than inside trial 0: its time stays out of the trial's, and a Ctrl-C during
-    # training cannot land in the middle of that import, where CPython may swallow it or end the
-    # process with SIGINT status instead of 130.
-    importlib.import_module("torch._dynamo")
-
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -91,6 +85,11 @@ def run_search(
     train_idx, val_idx = search_split(folds, cfg.split.test_fold, cfg.split.val_fold)
     train, val = ns.subset(train_idx), ns.subset(val_idx)
     study = create_or_load(study_name, cfg, storage, sampler)
+    # torch imports torch._dynamo (~2 s, 800 modules) the first time an optimizer is built. Pay
+    # it here, after bad input has had its chance to fail fast and before the ready line: its
+    # time stays out of trial 0's, and a Ctrl-C during training cannot land in that import,
+    # where CPython may swallow it or end the process with SIGINT status instead of 130.
+    importlib.import_module("torch._dynamo")
     console.print(
         f"study {study_name!r}: {len(ns)} {ns.source} nodules; search trains on {len(train)}, "
         f"validates on {len(val)} (fold {cfg.split.val_fold}); test fold {cfg.split.test_fold} held out"

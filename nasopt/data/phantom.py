@@ -138,7 +138,7 @@ def build_phantom_with_counts(params: PhantomParams, progress: bool = True) -> t
     chunks = [scan_ids[i : i + _CHUNK] for i in range(0, len(scan_ids), _CHUNK)]
     results = run_tasks(
         _process_chunk, [(chunk, params) for chunk in chunks], workers=params.workers, progress=progress,
-        description=f"LIDC phantom ({len(scan_ids)} scans)", unit="chunks of 16 scans",
+        description=f"LIDC phantom ({len(scan_ids)} scans)", unit=f"chunks of {_CHUNK} scans",
     )
     return _assemble([r for chunk in results for r in chunk], params)
 
