@@ -37,19 +37,19 @@ def run_one(setting: str, seed: int, args: argparse.Namespace) -> dict:
 
     from nasopt.config import load_config
     from nasopt.data.prepare import load_data
-    from nasopt.data.splits import outer_folds, search_split
-    from nasopt.space import Architecture
+    from nasopt.data.splits import study_sets
+    from nasopt.model import Architecture
     from nasopt.train import fit
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.study, overrides(args))
     ns = load_data(cfg.data, progress=False)
-    train_idx, val_idx = search_split(outer_folds(ns, cfg.split.n_folds, cfg.split.seed), cfg.split.test_fold, cfg.split.val_fold)
+    train, val, _ = study_sets(cfg, ns)
     precision, channels_last, batch = SETTINGS[setting]
     train_cfg = cfg.train.model_copy(update={"epochs": args.epochs, "precision": precision, "channels_last": channels_last})
-    r = fit(Architecture(ARCH, True, (True,) * 3, 4), ns.subset(train_idx), ns.subset(val_idx), train_cfg,
+    r = fit(Architecture(ARCH, True, (True,) * 3, 4), train, val, train_cfg,
             lr=args.lr * (batch / 8) ** 0.5, batch_size=batch, seed=seed, device=args.device)
-    return {"auc": r.metrics["auc"], "bf16": r.extra["bf16"], "n_train": len(train_idx), "n_val": len(val_idx)}
+    return {"auc": r.metrics["auc"], "bf16": r.extra["bf16"], "n_train": len(train), "n_val": len(val)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,9 +76,9 @@ def serve(arch_idx: int, precision: str, batch: int, seconds: float, device: str
     from torch.utils.flop_counter import FlopCounterMode
 
     from nasopt.config import TrainSection
-    from nasopt.model import AngularMarginLoss, build_network, count_params
-    from nasopt.space import Architecture
-    from nasopt.train import augment_batch, make_optimizer, set_layout, train_step, use_bf16
+    from nasopt.inference import set_layout
+    from nasopt.model import AngularMarginLoss, Architecture, build_network, count_params
+    from nasopt.train import augment_batch, make_optimizer, train_step, use_bf16
 
     torch.set_num_threads(threads)
     dev = torch.device(device)

@@ -9,13 +9,6 @@ from __future__ import annotations
 import torch
 
 
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Central size^3 cube of a batch (B, S, S, S)."""
-    s = x.shape[-1]
-    lo = (s - size) // 2
-    return x[..., lo : lo + size, lo : lo + size, lo : lo + size]
-
-
 def crop_and_flip(
     x: torch.Tensor, size: int, max_shift: int, flip: bool, generator: torch.Generator | None = None
 ) -> torch.Tensor:

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,10 +24,10 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare data sets into Nodule
 app.add_typer(data_app, name="data")
 console = Console()
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Study file (TOML); defaults if absent.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a study-file value: section.key=value.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Study file (TOML); defaults if absent.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a study-file value: section.key=value.")]
 StorageOpt = Annotated[
-    Optional[str], typer.Option(help="Study storage URL (else $NASOPT_STORAGE, else sqlite:///storage/nasopt.db).")
+    str | None, typer.Option(help="Study storage URL (else $NASOPT_STORAGE, else sqlite:///storage/nasopt.db).")
 ]
 
 
@@ -35,11 +35,11 @@ StorageOpt = Annotated[
 def data_prepare(
     source: Annotated[str, typer.Option(help="phantom (embedded default), lidc, luna16 or nodulemnist3d.")] = "phantom",
     config: ConfigOpt = None,
-    dicom_root: Annotated[Optional[Path], typer.Option(help="lidc: folder of the LIDC-IDRI DICOM download.")] = None,
-    luna_root: Annotated[Optional[Path], typer.Option(help="luna16: folder holding subset0..subset9.")] = None,
-    npz: Annotated[Optional[Path], typer.Option(help="nodulemnist3d: the MedMNIST .npz file.")] = None,
-    max_scans: Annotated[Optional[int], typer.Option(help="Phantom: use only the first N scans.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Phantom: texture and noise seed.")] = None,
+    dicom_root: Annotated[Path | None, typer.Option(help="lidc: folder of the LIDC-IDRI DICOM download.")] = None,
+    luna_root: Annotated[Path | None, typer.Option(help="luna16: folder holding subset0..subset9.")] = None,
+    npz: Annotated[Path | None, typer.Option(help="nodulemnist3d: the MedMNIST .npz file.")] = None,
+    max_scans: Annotated[int | None, typer.Option(help="Phantom: use only the first N scans.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Phantom: texture and noise seed.")] = None,
     workers: Annotated[int, typer.Option(help="Processes preparing scans in parallel.")] = 1,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip unreadable inputs and list them in a report next to the cache.")
@@ -78,13 +78,13 @@ def search(
     study: Annotated[str, typer.Option(help="Study name (created, or resumed when it exists).")] = "nasopt",
     config: ConfigOpt = None,
     storage: StorageOpt = None,
-    n_trials: Annotated[Optional[int], typer.Option(help="Trials this process runs.")] = None,
-    max_trials: Annotated[Optional[int], typer.Option(help="Complete trials in the whole study, all workers.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds this process runs.")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="nsga2, nsga3, tpe or random (else the study file's).")] = None,
+    n_trials: Annotated[int | None, typer.Option(help="Trials this process runs.")] = None,
+    max_trials: Annotated[int | None, typer.Option(help="Complete trials in the whole study, all workers.")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds this process runs.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="nsga2, nsga3, tpe or random (else the study file's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    seed: Annotated[Optional[int], typer.Option(help="Sampler seed (else the study file's).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for this process.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampler seed (else the study file's).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for this process.")] = None,
     worker_index: Annotated[
         int, typer.Option(help="Offsets the sampler seed so concurrent workers explore apart (set by launch).")
     ] = 0,
@@ -133,14 +133,13 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on the study storage, with the trials' artifacts."""
-    from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
-    from nasopt.study import artifact_root, open_storage, redact
+    from nasopt.study import open_artifact_store, open_storage, redact
 
     store = open_storage(storage, heartbeat=False)
     console.print(f"optuna-dashboard on http://{host}:{port}/ for {redact(store.url)} (Ctrl-C stops it)")
-    run_server(store, host=host, port=port, artifact_store=FileSystemArtifactStore(str(artifact_root(store.url))))
+    run_server(store, host=host, port=port, artifact_store=open_artifact_store(store.url))
 
 
 @app.command()
@@ -150,6 +149,79 @@ def front(study: Annotated[str, typer.Option(help="Study name.")] = "nasopt", st
     from nasopt.study import load_study, open_storage
 
     console.print(pareto_table(load_study(study, open_storage(storage, heartbeat=False))[0]))
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Option(help="Study name.")] = "nasopt",
+    out: Annotated[Path, typer.Option(help="Ensemble file to write (safetensors).")] = Path("storage/ensemble.safetensors"),
+    storage: StorageOpt = None,
+    select: Annotated[str, typer.Option(help="greedy (Caruana selection), pareto (the front) or topk.")] = "greedy",
+    k: Annotated[int, typer.Option(min=1, help="topk: how many trials.")] = 5,
+    max_params: Annotated[int | None, typer.Option(min=1, help="Budget: total parameters of the distinct members.")] = None,
+    metric: Annotated[str, typer.Option(help="Validation metric that selects and ranks: auc or accuracy.")] = "auc",
+    refit: Annotated[bool, typer.Option("--refit", help="Retrain each member on train + validation.")] = False,
+    onnx: Annotated[Path | None, typer.Option(help="Also write the ensemble as one ONNX graph here.")] = None,
+    device: Annotated[str, typer.Option(help="--refit: auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Export a study's best trials as one ensemble file."""
+    from nasopt.export import export_study
+
+    dev = "cpu"
+    if refit:
+        from nasopt.train import resolve_device
+
+        dev = resolve_device(device)
+    result = export_study(study, storage, out, select, metric, k, max_params, refit, dev)
+    total = sum(r.params for r, _ in result.members)
+    for r, count in sorted(result.members, key=lambda m: -m[1]):
+        console.print(
+            f"  trial {r.number:>4}  weight {count:>2}  params {r.params:>10,}  "
+            f"val {metric} {r.metrics.get(metric, float('nan')):.3f}  {r.arch.summary()}"
+        )
+    console.print(
+        f"{result.path}: {len(result.members)} member(s) of study {study!r}, {total:,} parameters, "
+        f"{select} selection, validation {metric} {result.selection.val_score:.3f}"
+        + (" (refitted on train + validation)" if result.refit else "")
+    )
+    if onnx is not None:
+        from nasopt.ensemble import export_onnx, load_ensemble
+
+        console.print(f"{export_onnx(load_ensemble(result.path), onnx)}: ONNX graph, hu (B, 1, 32, 32, 32) -> prob_malignant (B,)")
+
+
+@app.command()
+def evaluate(
+    file: Annotated[Path, typer.Argument(help="Ensemble file written by `nasopt export`.")],
+    data: Annotated[
+        list[str] | None, typer.Option(help="Override a recorded data setting, e.g. cache_dir=/shared/cache.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Evaluate an ensemble and each member on the held-out test fold."""
+    import json
+
+    from nasopt.evaluate import N_BOOT
+    from nasopt.evaluate import evaluate as run
+    from nasopt.report import metrics_table
+
+    result = run(file, list(data or []))
+    if json_out:
+        print(json.dumps(result.to_json(), indent=2))
+        return
+    title = (
+        f"{file}: held-out test fold, {result.n_test} nodules ({result.n_malignant} malignant); "
+        f"95% intervals from {N_BOOT} bootstrap resamples"
+    )
+    console.print(metrics_table(title, result.rows))
+    for note in result.notes:
+        console.print(f"note: {note}")
+
+
+# -- crossval command --
+
+
+# -- predict command --
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
@@ -26,18 +27,42 @@ def binary_metrics(labels: np.ndarray, prob_malignant: np.ndarray, threshold: fl
     }
 
 
+def _resampled_metrics(labels: np.ndarray, prob: np.ndarray, idx: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Every metric of every resample (rows of ``idx``) at once; the same definitions as
+    :func:`binary_metrics` (scikit-learn's), vectorised because 1000 resamples of 5 metrics
+    through scikit-learn take seconds per model."""
+    y = labels[idx].astype(bool)
+    p = prob[idx]
+    pred = p >= threshold
+    tp, fn = (pred & y).sum(1), (~pred & y).sum(1)
+    tn, fp = (~pred & ~y).sum(1), (pred & ~y).sum(1)
+    pos, neg = tp + fn, tn + fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # AUC as the Mann-Whitney statistic on mid-ranks (ties count a half), as roc_auc_score.
+        ranks = rankdata(p, axis=1)
+        auc = ((ranks * y).sum(1) - pos * (pos + 1) / 2) / (pos * neg)
+        return {
+            "accuracy": (tp + tn) / y.shape[1],
+            "sensitivity": np.where(pos > 0, tp / pos, np.nan),
+            "specificity": np.where(neg > 0, tn / neg, np.nan),
+            "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0),
+            "auc": np.where((pos > 0) & (neg > 0), auc, np.nan),
+        }
+
+
 def bootstrap_intervals(
-    labels: np.ndarray, prob_malignant: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+    labels: np.ndarray,
+    prob_malignant: np.ndarray,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    threshold: float = 0.5,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap (resampling nodules) (1 - alpha) intervals of every metric."""
-    labels = np.asarray(labels)
-    prob = np.asarray(prob_malignant)
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {m: [] for m in METRICS}
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(labels), len(labels))
-        for name, value in binary_metrics(labels[idx], prob[idx]).items():
-            samples[name].append(value)
+    labels = np.asarray(labels).astype(int)
+    prob = np.asarray(prob_malignant, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(labels), (n_boot, len(labels)))
+    samples = _resampled_metrics(labels, prob, idx, threshold)
     return {
         name: (float(np.nanquantile(v, alpha / 2)), float(np.nanquantile(v, 1 - alpha / 2)))
         for name, v in samples.items()

@@ -1,9 +1,11 @@
-"""Pareto front tables (and, later, figures) of a study."""
+"""Tables for the terminal: a study's Pareto front, and models' metrics with their intervals."""
 
 from __future__ import annotations
 
 import optuna
 from rich.table import Table
+
+from nasopt.trial_record import Key, val_key
 
 
 def pareto_rows(study: optuna.Study) -> list[dict[str, object]]:
@@ -13,10 +15,10 @@ def pareto_rows(study: optuna.Study) -> list[dict[str, object]]:
         rows.append(
             {
                 "trial": t.number,
-                "val_accuracy": t.user_attrs.get("val_accuracy"),
-                "val_auc": t.user_attrs.get("val_auc"),
-                "params": t.user_attrs.get("params"),
-                "arch": t.user_attrs.get("arch_summary", ""),
+                "val_accuracy": t.user_attrs.get(val_key("accuracy")),
+                "val_auc": t.user_attrs.get(val_key("auc")),
+                "params": t.user_attrs.get(Key.PARAMS),
+                "arch": t.user_attrs.get(Key.ARCH_SUMMARY, ""),
             }
         )
     return sorted(rows, key=lambda r: (r["params"] or 0, r["trial"]))
@@ -33,4 +35,26 @@ def pareto_table(study: optuna.Study) -> Table:
         table.add_column(name, justify=justify)
     for r in pareto_rows(study):
         table.add_row(str(r["trial"]), _fmt(r["val_accuracy"], ".3f"), _fmt(r["val_auc"], ".3f"), _fmt(r["params"], ","), str(r["arch"]))
+    return table
+
+
+#: Columns of a metrics table, in the order of the paper's tables.
+METRIC_COLUMNS = (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("f1", "F1"), ("auc", "AUC"))
+
+
+def metrics_table(title: str, rows: list) -> Table:
+    """One row per model (``Scored``-like: name, metrics, intervals, params, weight): each metric
+    as ``value [low, high]``."""
+    table = Table(title=title)
+    table.add_column("model")
+    for _, label in METRIC_COLUMNS:
+        table.add_column(f"{label} [95% CI]", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("weight", justify="right")
+    for r in rows:
+        cells = [
+            f"{_fmt(r.metrics[k], '.3f')} [{_fmt(r.intervals[k][0], '.2f')}, {_fmt(r.intervals[k][1], '.2f')}]"
+            for k, _ in METRIC_COLUMNS
+        ]
+        table.add_row(r.name, *cells, _fmt(r.params, ","), _fmt(r.weight, ".2f"))
     return table

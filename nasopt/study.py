@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
@@ -63,6 +64,12 @@ def artifact_root(url: str) -> Path:
         root = Path(db).parent / "artifacts" if db and db != ":memory:" else Path("storage/artifacts")
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def open_artifact_store(url: str | None = None) -> FileSystemArtifactStore:
+    """The artifact store of the studies behind storage ``url``: where workers upload trial
+    artifacts and where export and the dashboard fetch them (with Optuna's ``download_artifact``)."""
+    return FileSystemArtifactStore(str(artifact_root(storage_url(url))))
 
 
 def _scrub(text: str, url: str) -> str:

@@ -15,18 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from nasopt.augment import center_crop, crop_and_flip, zero_out
+from nasopt.augment import crop_and_flip, zero_out
 from nasopt.config import TrainSection
 from nasopt.data.noduleset import NoduleSet
 from nasopt.errors import ConfigError
+from nasopt.inference import Member, center_crop, normalize, predict_proba, set_layout
 from nasopt.metrics import binary_metrics
-from nasopt.model import AngularMarginLoss, ResCBAM3D, build_network, count_params
-from nasopt.model.blocks import Conv3d
-from nasopt.space import Architecture
-
-EVAL_BATCH = 128
+from nasopt.model import AngularMarginLoss, Architecture, ResCBAM3D, build_network, count_params
 
 
 class TrainingDiverged(RuntimeError):
@@ -81,23 +77,6 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
 
 
-def set_layout(model: ResCBAM3D, setting: str | bool, device: torch.device) -> torch.memory_format:
-    """Put ``model`` in its memory layout and return the layout its inputs should have.
-
-    ``True``: channels-last throughout. ``False``: contiguous throughout. ``auto``: channels-last
-    throughout on GPUs; on CPU contiguous activations with channels-last convolutions (see
-    ``Conv3d``), because oneDNN's batch norm at 4-16 channels is several times slower
-    channels-last (measured: a wholly channels-last 0.03 M network trained at 0.65x the speed).
-    """
-    full = device.type == "cuda" if setting == "auto" else bool(setting)
-    memory_format = torch.channels_last_3d if full else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    for module in model.modules():
-        if isinstance(module, Conv3d):
-            module.channels_last_compute = setting == "auto" and not full
-    return memory_format
-
-
 def make_optimizer(model: ResCBAM3D, lr: float, cfg: TrainSection) -> torch.optim.Adam:
     """Adam, fused: one kernel for all parameters instead of a loop over ~100 small tensors
     (measured on CPU: 7 ms -> 1 ms a step for the 0.03 M network)."""
@@ -116,30 +95,6 @@ def _to_device_int16(crops: np.ndarray, side: int, device: torch.device) -> torc
     return center_crop(torch.from_numpy(np.ascontiguousarray(crops)), side).contiguous().to(device)
 
 
-def predict_proba(
-    model: ResCBAM3D,
-    crops: torch.Tensor,
-    norm: tuple[float, float],
-    input_size: int,
-    bf16: bool = False,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> torch.Tensor:
-    """Malignancy probability of every crop (B, S, S, S) on the model's device, no gradients."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for i in range(0, len(crops), EVAL_BATCH):
-            x = _normalize(center_crop(crops[i : i + EVAL_BATCH].to(device), input_size), norm)
-            x = x[:, None].contiguous(memory_format=memory_format)
-            out.append(F.softmax(model(x)[0].float(), dim=1)[:, 1])
-    return torch.cat(out)
-
-
-def _normalize(x: torch.Tensor, norm: tuple[float, float]) -> torch.Tensor:
-    return (x.float() - norm[0]) / norm[1]
-
-
 def augment_batch(
     crops: torch.Tensor,
     cfg: TrainSection,
@@ -149,7 +104,7 @@ def augment_batch(
 ) -> torch.Tensor:
     """int16 crops (B, S, S, S) -> augmented, normalized network input (B, 1, s, s, s)."""
     x = crop_and_flip(crops, cfg.input_size, cfg.max_shift, cfg.flip, gen)
-    x = zero_out(_normalize(x, norm), cfg.zero_out, cfg.zero_out_p, gen)
+    x = zero_out(normalize(x, norm), cfg.zero_out, cfg.zero_out_p, gen)
     return x[:, None].contiguous(memory_format=memory_format)
 
 
@@ -175,7 +130,7 @@ def train_step(
 def fit(
     arch: Architecture,
     train: NoduleSet,
-    val: NoduleSet,
+    val: NoduleSet | None,
     cfg: TrainSection,
     *,
     lr: float,
@@ -184,7 +139,12 @@ def fit(
     device: torch.device | str = "cpu",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> FitResult:
-    """Train ``arch`` on ``train``, validating on ``val`` each epoch."""
+    """Train ``arch`` on ``train``, validating on ``val`` each epoch (``None``: no validation, as
+    when a chosen architecture is refitted on all the search data).
+
+    The returned validation predictions come from the network as :mod:`nasopt.inference` runs a
+    loaded checkpoint (fp32, default layout), so a reloaded checkpoint reproduces them exactly.
+    """
     device = torch.device(device)
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -193,7 +153,7 @@ def fit(
     side = cfg.input_size + 2 * cfg.max_shift
     x_train = _to_device_int16(train.crops, side, device)
     y_train = torch.from_numpy(train.labels).to(device)
-    x_val = _to_device_int16(val.crops, cfg.input_size, device)
+    x_val = None if val is None else _to_device_int16(val.crops, cfg.input_size, device)
     centre = center_crop(torch.from_numpy(train.crops), cfg.input_size).numpy()
     norm = (float(centre.mean(dtype=np.float64)), max(float(centre.std(dtype=np.float64)), 1e-6))
 
@@ -209,7 +169,8 @@ def fit(
     curve: list[dict[str, float]] = []
     t_train = 0.0
     t0 = time.perf_counter()
-    val_prob = torch.empty(0)
+    member = Member(model, norm)
+    val_prob, metrics = torch.empty(0), {}
     for epoch in range(cfg.epochs):
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(epoch, cfg.epochs, cfg.lr_decay_start)
@@ -226,15 +187,20 @@ def fit(
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower the learning rate")
 
-        val_prob = predict_proba(model, x_val, norm, cfg.input_size, bf16, memory_format).cpu()
-        metrics = binary_metrics(val.labels, val_prob.numpy())
         record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"]}
-        record.update({f"val_{k}": v for k, v in metrics.items()})
+        if x_val is not None:
+            val_prob = predict_proba(member, x_val, cfg.input_size, bf16, memory_format).cpu()
+            record.update({f"val_{k}": v for k, v in binary_metrics(val.labels, val_prob.numpy()).items()})
         curve.append(record)
         if on_epoch is not None:
             on_epoch(record)
 
     seconds = time.perf_counter() - t0
+    if x_val is not None:
+        if bf16 or cfg.channels_last != "auto":  # store what a loaded network computes: fp32, default layout
+            layout = set_layout(model, "auto", device)
+            val_prob = predict_proba(member, x_val, cfg.input_size, memory_format=layout).cpu()
+        metrics = binary_metrics(val.labels, val_prob.numpy())
     return FitResult(
         metrics=metrics,
         curve=curve,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
@@ -21,10 +20,11 @@ from rich.progress import Progress
 
 from nasopt.config import StudyConfig
 from nasopt.data.prepare import load_data
-from nasopt.data.splits import check_named_splits, outer_folds, search_split
+from nasopt.data.splits import study_sets
 from nasopt.objective import Objective
-from nasopt.study import artifact_root, completed_count, create_or_load, make_sampler, open_storage
+from nasopt.study import completed_count, create_or_load, make_sampler, open_artifact_store, open_storage
 from nasopt.train import TrainingDiverged, resolve_device
+from nasopt.trial_record import Key, val_key
 
 
 @dataclass
@@ -50,11 +50,11 @@ def _report(console: Console):
         if trial.state == TrialState.COMPLETE:
             a = trial.user_attrs
             console.print(
-                f"trial {trial.number:>3}  val acc {a['val_accuracy']:.3f}  AUC {a['val_auc']:.3f}  "
-                f"params {a['params']:>10,}  {a['train_seconds']:6.1f} s  {a['arch_summary']}"
+                f"trial {trial.number:>3}  val acc {a[val_key('accuracy')]:.3f}  AUC {a[val_key('auc')]:.3f}  "
+                f"params {a[Key.PARAMS]:>10,}  {a[Key.TRAIN_SECONDS]:6.1f} s  {a[Key.ARCH_SUMMARY]}"
             )
         elif trial.state == TrialState.FAIL:
-            console.print(f"trial {trial.number:>3}  failed: {trial.user_attrs.get('fail_reason', 'see the log above')}")
+            console.print(f"trial {trial.number:>3}  failed: {trial.user_attrs.get(Key.FAIL_REASON, 'see the log above')}")
 
     return callback
 
@@ -80,10 +80,7 @@ def run_search(
 
     # Data and splits before the study: bad data must not leave a study behind.
     ns = load_data(cfg.data, progress=True)
-    check_named_splits(ns, cfg.split.test_fold, cfg.split.val_fold)
-    folds = outer_folds(ns, cfg.split.n_folds, cfg.split.seed)
-    train_idx, val_idx = search_split(folds, cfg.split.test_fold, cfg.split.val_fold)
-    train, val = ns.subset(train_idx), ns.subset(val_idx)
+    train, val, _ = study_sets(cfg, ns)
     study = create_or_load(study_name, cfg, storage, sampler)
     # torch imports torch._dynamo (~2 s, 800 modules) the first time an optimizer is built. Pay
     # it here, after bad input has had its chance to fail fast and before the ready line: its
@@ -102,7 +99,7 @@ def run_search(
             return study
         callbacks.append(MaxTrialsCallback(budget.max_trials, states=(TrialState.COMPLETE,)))
 
-    artifacts = FileSystemArtifactStore(str(artifact_root(storage.url)))
+    artifacts = open_artifact_store(storage.url)
     epochs = cfg.train.epochs
     with Progress(*Progress.get_default_columns(), console=console, transient=True) as bar:
         task = bar.add_task("trial", total=epochs)

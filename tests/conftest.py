@@ -3,6 +3,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,3 +78,45 @@ def postgres_url() -> Iterator[str]:
         stop = [*as_user, str(bin_dir / "pg_ctl"), "stop", "-D", str(db), "-m", "immediate"]
         subprocess.run(stop, capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- The real `nasopt` command on a phantom subset, in scratch folders. ---
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "studies" / "demo.toml")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def nasopt(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")  # no line wrapping by rich
+    return subprocess.run(
+        [sys.executable, "-m", "nasopt", *args], cwd=cwd, capture_output=True, text=True, timeout=900, env=env
+    )
+
+
+def small(cache_dir: Path) -> list[str]:
+    return ["--config", DEMO, "--set", "data.max_scans=60", "--set", "train.epochs=1",
+            "--set", f'data.cache_dir="{cache_dir}"', "--threads", "2"]
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+@pytest.fixture(scope="session")
+def searched_study(tmp_path_factory, cache_dir) -> Path:
+    """A folder holding a finished 4-trial study ``demo`` (SQLite and artifacts under storage/),
+    searched by the real CLI on the demo study file's phantom subset. Treat it as read-only."""
+    where = tmp_path_factory.mktemp("searched")
+    proc = nasopt(where, "search", "--study", "demo", "--n-trials", "4", "--no-front", *small(cache_dir))
+    assert proc.returncode == 0, proc.stderr
+    return where

@@ -1,6 +1,7 @@
 import torch
 
-from nasopt.augment import center_crop, crop_and_flip, zero_out
+from nasopt.augment import crop_and_flip, zero_out
+from nasopt.inference import center_crop
 
 
 def _volumes(b=6, s=40):

@@ -3,41 +3,12 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = str(ROOT / "studies" / "demo.toml")
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-def nasopt(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="200")  # no line wrapping by rich
-    return subprocess.run(
-        [sys.executable, "-m", "nasopt", *args], cwd=cwd, capture_output=True, text=True, timeout=900, env=env
-    )
-
-
-def small(cache_dir: Path) -> list[str]:
-    return ["--config", DEMO, "--set", "data.max_scans=60", "--set", "train.epochs=1",
-            "--set", f'data.cache_dir="{cache_dir}"', "--threads", "2"]
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    err = proc.stderr.strip()
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert len(err.splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
+from tests.conftest import assert_user_error, nasopt, small
 
 
 def test_search_runs_trials_into_sqlite_and_resumes(tmp_path, cache_dir):

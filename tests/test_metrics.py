@@ -42,3 +42,20 @@ def test_bootstrap_intervals_bracket_the_point_estimate():
     for name, (lo, hi) in ci.items():
         assert lo <= point[name] <= hi and hi - lo < 0.25
     assert bootstrap_intervals(labels, prob, n_boot=200, seed=0) == ci
+
+
+def test_every_bootstrap_resample_matches_scikit_learn():
+    # The vectorised resampling must compute exactly binary_metrics' (scikit-learn's) metrics,
+    # ties in the probabilities and one-class resamples included.
+    from nasopt.metrics import _resampled_metrics
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 12)
+    prob = np.round(rng.random(12), 1)  # many ties
+    idx = rng.integers(0, 12, (300, 12))
+    batch = _resampled_metrics(labels, prob, idx, 0.5)
+    for row in range(len(idx)):
+        expected = binary_metrics(labels[idx[row]], prob[idx[row]])
+        for name, value in expected.items():
+            got = batch[name][row]
+            assert (np.isnan(value) and np.isnan(got)) or np.isclose(got, value), (name, row, got, value)

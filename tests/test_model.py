@@ -3,9 +3,8 @@ import itertools
 import pytest
 import torch
 
-from nasopt.model import build_network, count_params
+from nasopt.model import PAPER_DEFAULT, Architecture, build_network, count_params
 from nasopt.model.blocks import CBAM
-from nasopt.space import PAPER_DEFAULT, Architecture
 
 
 def _conv(cin, cout, k):

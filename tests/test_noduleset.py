@@ -1,9 +1,7 @@
 import numpy as np
 import pytest
-import torch
 
 from nasopt.atomic import atomic_write
-from nasopt.checkpoint import load_weights, save_weights
 from nasopt.data.noduleset import NoduleSet
 from nasopt.errors import DataError
 from tests.conftest import blob_set
@@ -54,14 +52,3 @@ def test_failed_save_keeps_the_old_cache(tmp_path):
 def test_inconsistent_set_is_rejected():
     with pytest.raises(DataError):
         NoduleSet(np.zeros((3, 8, 8, 8), np.int16), np.zeros(2, np.int64), [{}] * 3, "x")
-
-
-def test_checkpoint_round_trip_never_unpickles(tmp_path):
-    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5)}
-    path = save_weights(tmp_path / "w.safetensors", tensors, {"arch": {"margin": 4}, "trial": 3})
-    back, header = load_weights(path)
-    assert header == {"arch": {"margin": 4}, "trial": 3}
-    assert all(torch.equal(back[k], tensors[k]) for k in tensors)
-    assert b"pickle" not in path.read_bytes()[:200]
-    with pytest.raises(DataError, match="no such checkpoint"):
-        load_weights(tmp_path / "nope.safetensors")

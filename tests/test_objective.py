@@ -3,8 +3,8 @@ import optuna
 import torch
 
 from nasopt.config import load_config
-from nasopt.objective import Objective, count_flops
-from nasopt.space import Architecture
+from nasopt.model import Architecture, count_flops
+from nasopt.objective import Objective
 from nasopt.study import create_or_load, make_sampler, open_storage
 from tests.conftest import blob_set
 

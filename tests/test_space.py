@@ -2,7 +2,8 @@ import optuna
 import pytest
 
 from nasopt.config import SpaceSection
-from nasopt.space import PAPER_DEFAULT, Architecture, decode, repair_depth, suggest
+from nasopt.model import PAPER_DEFAULT, Architecture
+from nasopt.space import decode, repair_depth, suggest
 
 
 def _genome(space: SpaceSection, blocks, widths, cbam=True, margin=2):

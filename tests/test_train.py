@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from nasopt.checkpoint import CheckpointHeader, build_model
 from nasopt.config import TrainSection
-from nasopt.model import build_network, count_params
-from nasopt.space import Architecture
+from nasopt.inference import Member, predict_proba, set_layout
+from nasopt.model import Architecture, build_network, count_params
 from nasopt.model.blocks import Conv3d
-from nasopt.train import TrainingDiverged, fit, lr_factor, predict_proba, set_layout
+from nasopt.train import TrainingDiverged, fit, lr_factor
 from tests.conftest import blob_set
 
 TINY = Architecture(((4,), (8,), (8,)), True, (True, False, True), 2)
@@ -27,12 +28,15 @@ def test_fit_learns_a_separable_task_and_reports_everything():
     assert r.params == count_params(build_network(TINY))
     assert r.train_samples_per_s > 0 and math.isfinite(r.norm[0]) and r.norm[1] > 0
 
-    # The returned weights and normalization reproduce the validation probabilities.
-    net = build_network(TINY)
-    net.load_state_dict(r.state_dict)
+    # A network rebuilt from the returned weights, as a checkpoint is loaded, reproduces the
+    # validation probabilities exactly, whatever layout training used.
     val = ns.subset(np.arange(120, 160))
-    prob = predict_proba(net, torch.from_numpy(val.crops), r.norm, 32, memory_format=torch.channels_last_3d)
-    assert np.allclose(prob.numpy(), r.val_prob, atol=1e-5)
+    for channels_last in ("auto", False):
+        r = fit(TINY, ns.subset(np.arange(120)), val, cfg.model_copy(update={"epochs": 1, "channels_last": channels_last}), lr=3e-3, batch_size=16)
+        net = build_model(CheckpointHeader(arch=TINY.to_dict(), norm=r.norm, input_size=32, metrics={}), r.state_dict)
+        set_layout(net, "auto", torch.device("cpu"))
+        prob = predict_proba(Member(net, r.norm), torch.from_numpy(val.crops), 32)
+        assert np.array_equal(prob.numpy(), r.val_prob)
 
 
 def test_fit_is_deterministic_under_a_seed():

@@ -8,6 +8,7 @@ loading never unpickles and the file can be memory-mapped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,16 @@ class NoduleSet:
     @property
     def crop_size(self) -> int:
         return int(self.crops.shape[1])
+
+    def fingerprint(self) -> str:
+        """Short sha256 of the crops, labels, folds and nodule names: the identity of the data a
+        search ran on, recorded in exported ensembles."""
+        h = hashlib.sha256()
+        for array in (self.crops, self.labels, self.folds):
+            if array is not None:
+                h.update(np.ascontiguousarray(array).tobytes())
+        h.update(json.dumps([m["nodule"] for m in self.meta]).encode())
+        return h.hexdigest()[:16]
 
     def subset(self, index: np.ndarray) -> NoduleSet:
         """The nodules at ``index``, in that order."""

@@ -7,11 +7,16 @@ trains on the remaining folds minus the validation fold and validates on that fo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple
+
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from nasopt.data.noduleset import NoduleSet
 from nasopt.errors import DataError
+
+if TYPE_CHECKING:
+    from nasopt.config import StudyConfig
 
 
 def outer_folds(ns: NoduleSet, n_folds: int, seed: int = 0) -> np.ndarray:
@@ -53,3 +58,20 @@ def search_split(folds: np.ndarray, test_fold: int, val_fold: int) -> tuple[np.n
     train = np.flatnonzero((folds != test_fold) & (folds != val_fold))
     val = np.flatnonzero(folds == val_fold)
     return train, val
+
+
+class StudySets(NamedTuple):
+    """The three parts of a study's data: the search trains on ``train`` and validates on
+    ``val``; ``test`` is the held-out outer fold that only ``evaluate`` sees."""
+
+    train: NoduleSet
+    val: NoduleSet
+    test: NoduleSet
+
+
+def study_sets(cfg: StudyConfig, ns: NoduleSet) -> StudySets:
+    """Split ``ns`` as the study ``cfg`` says (outer folds, then test and validation folds)."""
+    check_named_splits(ns, cfg.split.test_fold, cfg.split.val_fold)
+    folds = outer_folds(ns, cfg.split.n_folds, cfg.split.seed)
+    train, val = search_split(folds, cfg.split.test_fold, cfg.split.val_fold)
+    return StudySets(ns.subset(train), ns.subset(val), ns.subset(np.flatnonzero(folds == cfg.split.test_fold)))

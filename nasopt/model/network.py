@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nasopt.model.architecture import Architecture
 from nasopt.model.blocks import CBAM, ResidualBlock, conv_bn_relu
 from nasopt.model.head import AngleLinear
-from nasopt.space import Architecture
 
 
 class ResCBAM3D(nn.Module):
@@ -62,3 +62,14 @@ def build_network(arch: Architecture) -> ResCBAM3D:
 def count_params(model: nn.Module) -> int:
     """Exact count of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_flops(arch: Architecture, input_size: int) -> int:
+    """Forward FLOPs of one sample, counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_network(arch).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(2, 1, input_size, input_size, input_size))
+    return counter.get_total_flops() // 2

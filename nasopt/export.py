@@ -1,0 +1,142 @@
+"""``nasopt export``: a study's best trials -> one ensemble file (and optionally one ONNX graph).
+
+Reads the trial record of every complete trial, fetches the validation predictions and weights
+from the study's artifact store with Optuna's ``download_artifact``, chooses members (see
+:mod:`nasopt.selection`), optionally refits them on the whole search split, and writes the
+ensemble with the split it came from, so ``evaluate`` can find the held-out fold.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.artifacts import download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import TrialState
+
+from nasopt import selection
+from nasopt.checkpoint import CheckpointHeader, Selection, read_checkpoint
+from nasopt.config import StudyConfig
+from nasopt.data.noduleset import NoduleSet
+from nasopt.data.prepare import load_data
+from nasopt.data.splits import study_sets
+from nasopt.ensemble import save_ensemble
+from nasopt.errors import ConfigError, DataError
+from nasopt.study import artifact_root, load_study, open_artifact_store, open_storage
+from nasopt.trial_record import TrialRecord, read_predictions
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    members: list[tuple[TrialRecord, int]]  # (trial, selection count)
+    selection: Selection
+    refit: bool
+
+
+def _fetch(store: optuna.artifacts.FileSystemArtifactStore, artifact_id: str | None, dest: Path, what: str, trial: int, where: str) -> Path:
+    if artifact_id is None:
+        raise DataError(f"trial {trial}: no {what} artifact recorded; it was searched without an artifact store")
+    try:
+        download_artifact(artifact_store=store, file_path=str(dest), artifact_id=artifact_id)
+    except (ArtifactNotFound, FileNotFoundError):
+        raise DataError(
+            f"trial {trial}: its {what} (artifact {artifact_id}) are missing from the artifact store {where}; "
+            "set NASOPT_ARTIFACTS to the folder the workers wrote to"
+        ) from None
+    return dest
+
+
+def export_study(
+    study_name: str,
+    storage_url: str | None,
+    out: str | Path,
+    rule: str = "greedy",
+    metric: str = "auc",
+    k: int = 5,
+    max_params: int | None = None,
+    refit: bool = False,
+    device: str | torch.device = "cpu",
+) -> ExportResult:
+    """Choose members from ``study_name``'s complete trials and write them as one ensemble file."""
+    if rule not in ("greedy", "pareto", "topk"):
+        raise ConfigError(f"--select {rule!r}: choose greedy, pareto or topk")
+    if metric not in ("auc", "accuracy"):
+        raise ConfigError(f"--metric {metric!r}: choose auc or accuracy")
+    storage = open_storage(storage_url, heartbeat=False)
+    study, cfg = load_study(study_name, storage)
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not trials:
+        raise DataError(f"study {study_name!r} has no complete trial to export; run `nasopt search` first")
+    records = {t.number: TrialRecord.from_trial(t) for t in trials}
+    fitting = [r for r in records.values() if max_params is None or r.params <= max_params]
+    if not fitting:
+        smallest = min(r.params for r in records.values())
+        raise ConfigError(f"--max-params {max_params:,}: no trial fits (the smallest has {smallest:,} parameters)")
+
+    store = open_artifact_store(storage.url)
+    where = str(artifact_root(storage.url))
+    with tempfile.TemporaryDirectory() as tmp:
+        cands, labels, nodules = [], None, None
+        for r in fitting:
+            path = _fetch(store, r.predictions_id, Path(tmp) / f"{r.number}.json", "validation predictions", r.number, where)
+            names, y, prob = read_predictions(path)
+            if nodules is not None and names != nodules:
+                raise DataError(f"trial {r.number}: validated on other nodules than the other trials")
+            nodules, labels = names, y
+            cands.append(selection.Candidate(r.number, r.params, prob, r.metrics))
+        if rule == "greedy":
+            weights, _ = selection.greedy(cands, labels, metric, max_params)
+        elif rule == "pareto":
+            front = {t.number for t in study.best_trials}
+            weights = selection.within_budget(selection.ranked([c for c in cands if c.number in front], labels, metric), max_params)
+        else:
+            weights = selection.within_budget(selection.ranked(cands, labels, metric), max_params, k)
+        val_score = selection.weighted_score(cands, weights, labels, metric)
+
+        ns = load_data(cfg.data, progress=False)
+        sets = study_sets(cfg, ns)
+        members = []
+        for number, count in weights.items():
+            r = records[number]
+            path = _fetch(store, r.weights_id, Path(tmp) / f"{number}.safetensors", "weights", number, where)
+            tensors, header = read_checkpoint(path, "model", CheckpointHeader)
+            if refit:
+                header, tensors = _refit(study_name, cfg, r, sets.train, sets.val, device)
+            members.append((header, tensors, float(count)))
+        chosen = Selection(rule=rule, metric=metric, val_score=val_score, k=k if rule == "topk" else None, max_params=max_params)
+        search_patients = sorted(set(sets.train.patients.tolist()) | set(sets.val.patients.tolist()))
+        path = save_ensemble(
+            out,
+            members,
+            selection=chosen,
+            study=study_name,
+            data=cfg.data.model_dump(mode="json"),
+            split=cfg.split.model_dump(mode="json"),
+            data_fingerprint=ns.fingerprint(),
+            search_patients=search_patients,
+            refit=refit,
+        )
+    return ExportResult(Path(path), [(records[n], c) for n, c in weights.items()], chosen, refit)
+
+
+def _refit(study_name: str, cfg: StudyConfig, r: TrialRecord, train: NoduleSet, val: NoduleSet, device: str | torch.device) -> tuple[CheckpointHeader, dict]:
+    """Train the trial's architecture again, with its recorded settings, on train + validation."""
+    from nasopt.train import fit  # only a refit needs the trainer
+
+    both = NoduleSet(
+        crops=np.concatenate([train.crops, val.crops]),
+        labels=np.concatenate([train.labels, val.labels]),
+        meta=train.meta + val.meta,
+        source=train.source,
+    )
+    result = fit(r.arch, both, None, cfg.train, lr=r.hparams["lr"], batch_size=r.hparams["batch_size"],
+                 seed=cfg.study.seed + r.number, device=device)
+    header = CheckpointHeader(arch=r.arch.to_dict(), norm=result.norm, input_size=cfg.train.input_size, metrics={},
+                              study=study_name, trial=r.number)
+    return header, result.state_dict
