@@ -12,13 +12,15 @@ TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,postgres]"
+	$(PY) -m pip install -q -e ".[dev,postgres,onnx]"
 	touch $@
 
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/nasopt launch --workers 2 --study demo --config studies/demo.toml --max-trials 12
+	$(VENV)/bin/nasopt export --study demo --out storage/demo-ensemble.safetensors --onnx storage/demo-ensemble.onnx
+	$(VENV)/bin/nasopt evaluate storage/demo-ensemble.safetensors
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
@@ -27,4 +29,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/train_throughput.py --workers 1 2 --parity
 
 clean-storage:
-	rm -rf storage/nasopt.db* storage/artifacts storage/cache
+	rm -rf storage/nasopt.db* storage/artifacts storage/cache storage/demo-ensemble.*

@@ -120,14 +120,15 @@ def read_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint")
-    with open(path, "rb") as f:
-        if f.read(4).startswith(_PICKLE_MAGIC):
-            raise DataError(f"{path}: a pickle (torch.save) file; nasopt never unpickles, load only files nasopt wrote")
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        # Only now look for pickle magic: a safetensors header length can begin with the same bytes.
+        with open(path, "rb") as f:
+            if f.read(4).startswith(_PICKLE_MAGIC):
+                raise DataError(f"{path}: a pickle (torch.save) file; nasopt never unpickles, load only files nasopt wrote") from None
         raise DataError(f"{path}: truncated or not a safetensors file ({exc}); export or download it again") from None
     if HEADER_KEY not in meta or KIND_KEY not in meta:
         raise DataError(f"{path}: a safetensors file without a nasopt header; was it written by nasopt?")

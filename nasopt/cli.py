@@ -137,7 +137,7 @@ def dashboard(
 
     from nasopt.study import open_artifact_store, open_storage, redact
 
-    store = open_storage(storage, heartbeat=False)
+    store = open_storage(storage, heartbeat=False, create=False)
     console.print(f"optuna-dashboard on http://{host}:{port}/ for {redact(store.url)} (Ctrl-C stops it)")
     run_server(store, host=host, port=port, artifact_store=open_artifact_store(store.url))
 
@@ -148,7 +148,7 @@ def front(study: Annotated[str, typer.Option(help="Study name.")] = "nasopt", st
     from nasopt.report import pareto_table
     from nasopt.study import load_study, open_storage
 
-    console.print(pareto_table(load_study(study, open_storage(storage, heartbeat=False))[0]))
+    console.print(pareto_table(load_study(study, open_storage(storage, heartbeat=False, create=False))[0]))
 
 
 @app.command()
@@ -201,7 +201,6 @@ def evaluate(
     """Evaluate an ensemble and each member on the held-out test fold."""
     import json
 
-    from nasopt.evaluate import N_BOOT
     from nasopt.evaluate import evaluate as run
     from nasopt.report import metrics_table
 
@@ -209,19 +208,89 @@ def evaluate(
     if json_out:
         print(json.dumps(result.to_json(), indent=2))
         return
-    title = (
-        f"{file}: held-out test fold, {result.n_test} nodules ({result.n_malignant} malignant); "
-        f"95% intervals from {N_BOOT} bootstrap resamples"
-    )
+    title = f"{file}: held-out test fold, {result.n_test} nodules ({result.n_malignant} malignant)"
     console.print(metrics_table(title, result.rows))
     for note in result.notes:
         console.print(f"note: {note}")
 
 
-# -- crossval command --
+@app.command()
+def crossval(
+    study: Annotated[str | None, typer.Option(help="Study name: cross-validate one of its trials.")] = None,
+    trial: Annotated[
+        int | None, typer.Option(help="With --study: this trial (else the front's best validation AUC).")
+    ] = None,
+    ensemble: Annotated[
+        Path | None, typer.Option(help="Ensemble file written by `nasopt export`: cross-validate its members.")
+    ] = None,
+    storage: StorageOpt = None,
+    folds: Annotated[str, typer.Option(help="Outer folds to test on: all, or e.g. 0,2 or 0-4.")] = "all",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per fold (else the study's train.epochs).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Train a fixed architecture (or ensemble) on all outer folds but k and test on k, for each
+    chosen fold k: the paper's 10-fold protocol."""
+    import json
+
+    from nasopt.errors import ConfigError
+
+    if (study is None) == (ensemble is None):
+        raise ConfigError("crossval: give exactly one of --study NAME or --ensemble FILE")
+    if trial is not None and study is None:
+        raise ConfigError("--trial picks a trial of --study; an ensemble's members are fixed")
+    from nasopt.crossval import crossval as run
+    from nasopt.crossval import parse_folds, plan_ensemble, plan_study
+    from nasopt.report import metrics_table
+    from nasopt.train import resolve_device
+
+    chosen = parse_folds(folds)  # before the study and data: bad input fails fast
+    dev = resolve_device(device)
+    plan = plan_study(study, storage, trial) if study is not None else plan_ensemble(ensemble, storage)
+    out = Console(stderr=True) if json_out else console  # keep stdout pure JSON
+    result = run(plan, chosen, epochs, dev, progress=lambda line: out.print(escape(line), highlight=False))
+    if json_out:
+        print(json.dumps(result.to_json(), indent=2))
+        return
+    n, epochs = len(result.folds), result.epochs
+    title = f"{result.label}: {n} outer fold(s), each tested after {epochs} epoch(s) on the others"
+    console.print(metrics_table(escape(title), result.rows))
+    for note in result.notes:
+        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
 
 
-# -- predict command --
+@app.command()
+def predict(
+    file: Annotated[Path, typer.Argument(help="Ensemble file written by `nasopt export`.")],
+    inputs: Annotated[
+        list[str],
+        typer.Argument(help="HU crops (.npy, S³ at 1 mm) or CT volumes (.mhd, .mha, .nii, .nii.gz, DICOM folder)."),
+    ],
+    centres: Annotated[
+        Path | None, typer.Option(help="CSV with a header and columns input,x,y,z: nodule centres, rows per volume.")
+    ] = None,
+    centre: Annotated[str | None, typer.Option(help="X,Y,Z: one nodule centre for every volume input.")] = None,
+    coords: Annotated[
+        str, typer.Option(help="Centres in world mm (patient LPS, as SimpleITK) or voxel (continuous i,j,k index).")
+    ] = "world",
+    out: Annotated[Path | None, typer.Option(help="CSV to write (else the CSV is printed).")] = None,
+    save_crops: Annotated[Path | None, typer.Option(help="Folder: write each crop the networks saw as .npy.")] = None,
+) -> None:
+    """Predict malignancy for nodule crops or for nodule centres in CT volumes, one CSV row per nodule."""
+    from nasopt.predict import csv_text, result_table, write_csv
+    from nasopt.predict import predict as run
+
+    result = run(file, inputs, centre=centre, centres_csv=centres, coords=coords, save_crops=save_crops)
+    notes = Console(stderr=True) if out is None else console  # stdout carries the CSV
+    if out is None:
+        sys.stdout.write(csv_text(result))
+    else:
+        console.print(result_table(result, f"{file}: P(malignant) of {len(result.rows)} nodule(s)"))
+        console.print(f"{escape(str(write_csv(result, out)))}: {len(result.rows)} row(s)", highlight=False)
+    if save_crops is not None:
+        notes.print(f"crops fed to the networks: {escape(str(save_crops))}/", highlight=False, soft_wrap=True)
+    for note in result.notes:
+        notes.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

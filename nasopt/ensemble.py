@@ -25,7 +25,7 @@ from nasopt.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from nasopt.errors import DataError
+from nasopt.errors import ConfigError, DataError
 from nasopt.inference import Member, predict_proba, set_layout
 
 
@@ -101,6 +101,10 @@ def load_ensemble(path: str | Path, device: str | torch.device = "cpu") -> Ensem
 
 def export_onnx(ensemble: Ensemble, path: str | Path, opset: int = 17) -> Path:
     """The whole ensemble as one ONNX graph: HU crops ``hu`` (B, 1, s, s, s) -> ``prob_malignant`` (B,)."""
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it; say so before any work)
+    except ImportError:
+        raise ConfigError("--onnx needs the onnx package: pip install 'nasopt[onnx]'") from None
     flat = copy.deepcopy(ensemble).cpu()
     for member in flat.members:
         set_layout(member.network, False, torch.device("cpu"))  # ONNX has no memory formats

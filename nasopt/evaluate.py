@@ -7,6 +7,7 @@ data, or other split settings), evaluation is refused: those numbers would not b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,8 @@ from nasopt.data.prepare import load_data
 from nasopt.data.splits import study_sets
 from nasopt.ensemble import Ensemble, load_ensemble
 from nasopt.errors import ConfigError, DataError
-from nasopt.metrics import binary_metrics, bootstrap_intervals
+from nasopt.metrics import N_BOOT, binary_metrics, bootstrap_intervals
 from nasopt.model import count_params
-
-#: Bootstrap resamples behind every interval.
-N_BOOT = 1000
 
 
 @dataclass
@@ -41,8 +39,16 @@ class Scored:
             "model": self.name,
             "params": self.params,
             "weight": self.weight,
-            "metrics": {k: {"value": v, "low": self.intervals[k][0], "high": self.intervals[k][1]} for k, v in self.metrics.items()},
+            "metrics": {
+                k: {"value": _json(v), "low": _json(self.intervals[k][0]), "high": _json(self.intervals[k][1])}
+                for k, v in self.metrics.items()
+            },
         }
+
+
+def _json(value: float) -> float | None:
+    """NaN (AUC of a one-class set) as null: strict JSON has no NaN."""
+    return None if math.isnan(value) else value
 
 
 def score(name: str, labels: np.ndarray, prob: np.ndarray, seed: int = 0, **extra: Any) -> Scored:
@@ -89,7 +95,7 @@ def held_out_set(ensemble: Ensemble, data_overrides: list[str] | None = None) ->
     if ns.fingerprint() != header.data_fingerprint:
         notes.append("the data differs from the data the search ran on; no test patient was seen by the search")
     if ns.source == "phantom":
-        notes.append("LIDC phantom data: real annotations, synthetic CT intensities; not clinical figures")
+        notes.append("LIDC phantom: real annotations, synthetic CT intensities; not clinical figures")
     return sets.test, notes
 
 

@@ -68,7 +68,7 @@ def export_study(
         raise ConfigError(f"--select {rule!r}: choose greedy, pareto or topk")
     if metric not in ("auc", "accuracy"):
         raise ConfigError(f"--metric {metric!r}: choose auc or accuracy")
-    storage = open_storage(storage_url, heartbeat=False)
+    storage = open_storage(storage_url, heartbeat=False, create=False)
     study, cfg = load_study(study_name, storage)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not trials:
@@ -80,7 +80,7 @@ def export_study(
         raise ConfigError(f"--max-params {max_params:,}: no trial fits (the smallest has {smallest:,} parameters)")
 
     store = open_artifact_store(storage.url)
-    where = str(artifact_root(storage.url))
+    where = str(artifact_root(storage.url).resolve())
     with tempfile.TemporaryDirectory() as tmp:
         cands, labels, nodules = [], None, None
         for r in fitting:

@@ -7,6 +7,8 @@ from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
+#: Bootstrap resamples behind every reported interval.
+N_BOOT = 1000
 
 
 def binary_metrics(labels: np.ndarray, prob_malignant: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -53,7 +55,7 @@ def _resampled_metrics(labels: np.ndarray, prob: np.ndarray, idx: np.ndarray, th
 def bootstrap_intervals(
     labels: np.ndarray,
     prob_malignant: np.ndarray,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     alpha: float = 0.05,
     seed: int = 0,
     threshold: float = 0.5,

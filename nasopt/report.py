@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import optuna
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
+from nasopt.metrics import N_BOOT
 from nasopt.trial_record import Key, val_key
 
 
@@ -39,22 +42,19 @@ def pareto_table(study: optuna.Study) -> Table:
 
 
 #: Columns of a metrics table, in the order of the paper's tables.
-METRIC_COLUMNS = (("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("f1", "F1"), ("auc", "AUC"))
+METRIC_COLUMNS = (("accuracy", "accuracy"), ("sensitivity", "sensitiv."), ("specificity", "specific."), ("f1", "F1"), ("auc", "AUC"))
 
 
-def metrics_table(title: str, rows: list) -> Table:
-    """One row per model (``Scored``-like: name, metrics, intervals, params, weight): each metric
-    as ``value [low, high]``."""
-    table = Table(title=title)
-    table.add_column("model")
-    for _, label in METRIC_COLUMNS:
-        table.add_column(f"{label} [95% CI]", justify="right")
-    table.add_column("params", justify="right")
-    table.add_column("weight", justify="right")
+def metrics_table(title: str, rows: list, n_boot: int = N_BOOT) -> Group:
+    """One row per model (``Scored``-like: name, metrics, intervals, params, weight): each metric's
+    value with its 95% interval below it, and its weight ``w`` in the ensemble; fits 80 columns."""
+    table = Table(box=None, header_style="bold underline", pad_edge=False, caption=f"below each value: its 95% interval ({n_boot} bootstrap resamples)")
+    for name in ("model", "w", "params", *(label for _, label in METRIC_COLUMNS)):
+        table.add_column(name, justify="left" if name == "model" else "right", no_wrap=True)
     for r in rows:
         cells = [
-            f"{_fmt(r.metrics[k], '.3f')} [{_fmt(r.intervals[k][0], '.2f')}, {_fmt(r.intervals[k][1], '.2f')}]"
+            f"{_fmt(r.metrics[k], '.3f')}\n{_fmt(r.intervals[k][0], '.2f')}-{_fmt(r.intervals[k][1], '.2f')}"
             for k, _ in METRIC_COLUMNS
         ]
-        table.add_row(r.name, *cells, _fmt(r.params, ","), _fmt(r.weight, ".2f"))
-    return table
+        table.add_row(r.name, _fmt(r.weight, ".2f"), _fmt(r.params, ","), *cells)
+    return Group(Text(title), table)  # the title on a line of its own: a table title wraps to the table's width

@@ -80,10 +80,12 @@ def _scrub(text: str, url: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-def open_storage(url: str | None = None, heartbeat: bool = True) -> RDBStorage:
+def open_storage(url: str | None = None, heartbeat: bool = True, create: bool = True) -> RDBStorage:
     """Open (creating tables if needed) the RDB storage behind ``url``.
 
     Heartbeats let a crashed worker's trials be marked failed and retried once by another.
+    Commands that only read a study pass ``create=False``: a missing SQLite file is then an
+    error instead of a new empty database left behind.
     """
     url = storage_url(url)
     try:
@@ -94,7 +96,7 @@ def open_storage(url: str | None = None, heartbeat: bool = True) -> RDBStorage:
             "or postgresql+psycopg://user@host/db"
         ) from None
     if parsed.get_backend_name() == "sqlite":
-        engine_kwargs = _prepare_sqlite(parsed)
+        engine_kwargs = _prepare_sqlite(parsed, create)
     else:
         engine_kwargs = {"pool_pre_ping": True}
     kwargs: dict[str, Any] = {}
@@ -112,11 +114,13 @@ def open_storage(url: str | None = None, heartbeat: bool = True) -> RDBStorage:
         raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
 
 
-def _prepare_sqlite(parsed: sqlalchemy.URL) -> dict[str, Any]:
+def _prepare_sqlite(parsed: sqlalchemy.URL, create: bool = True) -> dict[str, Any]:
     """Create the folder, switch the file to WAL (persistent) and set a busy timeout."""
     db = parsed.database
     if db and db != ":memory:":
         path = Path(db)
+        if not create and not path.is_file():
+            raise StorageError(f"no study database at {path}; run `nasopt search` here first, or pass --storage")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with sqlite3.connect(path, timeout=60) as con:
