@@ -26,6 +26,13 @@ SETTINGS = {
     "defaults, batch 32 (lr x2)": ("auto", "auto", 32),
 }
 ARCH = ((4, 4), (4, 8, 8), (8, 8, 16))  # the 0.03 M network of PAPER.md, CBAM everywhere, m = 4
+#: The target: each setting's mean validation AUC within this of the reference's.
+TOLERANCE = 0.01
+
+
+def verdict(delta: float, tolerance: float = TOLERANCE) -> str:
+    """What a parity line says of a setting whose mean AUC differs from the reference's by ``delta``."""
+    return f"within {tolerance:g}" if abs(delta) <= tolerance else f"NOT within {tolerance:g}"
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -46,9 +53,18 @@ def run_one(setting: str, seed: int, args: argparse.Namespace) -> dict:
     ns = load_data(cfg.data, progress=False)
     train, val, _ = study_sets(cfg, ns)
     precision, channels_last, batch = SETTINGS[setting]
-    train_cfg = cfg.train.model_copy(update={"epochs": args.epochs, "precision": precision, "channels_last": channels_last})
-    r = fit(Architecture(ARCH, True, (True,) * 3, 4), train, val, train_cfg,
-            lr=args.lr * (batch / 8) ** 0.5, batch_size=batch, seed=seed, device=args.device)
+    update = {"epochs": args.epochs, "precision": precision, "channels_last": channels_last}
+    train_cfg = cfg.train.model_copy(update=update)
+    r = fit(
+        Architecture(ARCH, True, (True,) * 3, 4),
+        train,
+        val,
+        train_cfg,
+        lr=args.lr * (batch / 8) ** 0.5,
+        batch_size=batch,
+        seed=seed,
+        device=args.device,
+    )
     return {"auc": r.metrics["auc"], "bf16": r.extra["bf16"], "n_train": len(train), "n_val": len(val)}
 
 
@@ -82,9 +98,25 @@ def main(argv: list[str] | None = None) -> None:
     per_job = max(1, threads // jobs)
 
     def launch(run: tuple[str, int]) -> dict:
-        cmd = [sys.executable, __file__, "--one", json.dumps(run), "--study", args.study, "--folds", str(args.folds),
-               "--epochs", str(args.epochs), "--lr", str(args.lr), "--device", args.device, "--threads", str(per_job),
-               *(f"--set={o}" for o in args.set)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            json.dumps(run),
+            "--study",
+            args.study,
+            "--folds",
+            str(args.folds),
+            "--epochs",
+            str(args.epochs),
+            "--lr",
+            str(args.lr),
+            "--device",
+            args.device,
+            "--threads",
+            str(per_job),
+            *(f"--set={o}" for o in args.set),
+        ]
         return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
     runs = [(s, seed) for s in SETTINGS for seed in args.seeds]
@@ -92,8 +124,11 @@ def main(argv: list[str] | None = None) -> None:
         results = dict(zip(runs, pool.map(launch, runs)))
 
     first = next(iter(results.values()))
-    print(f"accuracy parity: {first['n_train']} train / {first['n_val']} validation nodules of {args.study}'s data "
-          f"({args.folds} folds), the 0.03 M network, {args.epochs} epochs, seeds {args.seeds}, lr {args.lr:g} at batch 8")
+    print(
+        f"accuracy parity: {first['n_train']} train / {first['n_val']} validation nodules of {args.study}'s data "
+        f"({args.folds} folds), the 0.03 M network, {args.epochs} epochs, seeds {args.seeds}, "
+        f"lr {args.lr:g} at batch 8"
+    )
     ref = None
     for s in SETTINGS:
         aucs = [results[s, seed]["auc"] for seed in args.seeds]
@@ -102,9 +137,11 @@ def main(argv: list[str] | None = None) -> None:
         sd = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
         bf16 = "bf16" if results[s, args.seeds[0]]["bf16"] else "fp32"
         delta = mean - ref
-        verdict = "" if s.startswith("reference") else ("within 0.01" if abs(delta) <= 0.01 else "NOT within 0.01")
-        print(f"  {s:<38} {bf16}  val AUC {mean:.3f} ± {sd:.3f}  ({' '.join(f'{a:.3f}' for a in aucs)})  "
-              f"Δ {delta:+.3f} {verdict}")
+        said = "" if s.startswith("reference") else verdict(delta)
+        print(
+            f"  {s:<38} {bf16}  val AUC {mean:.3f} ± {sd:.3f}  ({' '.join(f'{a:.3f}' for a in aucs)})  "
+            f"Δ {delta:+.3f} {said}"
+        )
 
 
 if __name__ == "__main__":

@@ -88,7 +88,10 @@ def serve(arch_idx: int, precision: str, batch: int, seconds: float, device: str
     model = build_network(arch).to(dev)
     mf = set_layout(model, cfg.channels_last, dev)
     # The published loop's optimizer is plain Adam; the trainer's is its own (fused).
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=cfg.betas) if baseline else make_optimizer(model, 2e-4, cfg)
+    if baseline:
+        opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=cfg.betas)
+    else:
+        opt = make_optimizer(model, 2e-4, cfg)
     crit = AngularMarginLoss(4)
     bf16 = use_bf16(precision, dev)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -128,8 +131,17 @@ def serve(arch_idx: int, precision: str, batch: int, seconds: float, device: str
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"params": count_params(model), "flops_per_sample": counter.get_total_flops() / batch,
-                      "peak_mib": peak, "bf16": bf16}), flush=True)
+    print(
+        json.dumps(
+            {
+                "params": count_params(model),
+                "flops_per_sample": counter.get_total_flops() / batch,
+                "peak_mib": peak,
+                "bf16": bf16,
+            }
+        ),
+        flush=True,
+    )
 
 
 class Group:
@@ -137,9 +149,20 @@ class Group:
 
     def __init__(self, config: list, workers: int, args: argparse.Namespace, threads: int) -> None:
         self.rates: list[float] = []
-        cmd = [sys.executable, __file__, "--one", json.dumps(config), "--device", args.device,
-               "--seconds", str(args.seconds), "--threads", str(max(1, threads // workers))]
-        self.procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            json.dumps(config),
+            "--device",
+            args.device,
+            "--seconds",
+            str(args.seconds),
+            "--threads",
+            str(max(1, threads // workers)),
+        ]
+        pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
+        self.procs = [subprocess.Popen(cmd, **pipes, text=True) for _ in range(workers)]
         for p in self.procs:
             if p.stdout.readline().strip() != "ready":
                 sys.exit(f"benchmark process failed with exit code {p.wait()}: {' '.join(cmd)}")
@@ -159,15 +182,26 @@ class Group:
         for p in self.procs:
             p.wait()
         sps = statistics.median(self.rates)
-        return {**info[0], "samples_per_s": sps, "min": min(self.rates), "max": max(self.rates),
-                "gflops": info[0]["flops_per_sample"] * sps / 1e9, "peak_mib": max(i["peak_mib"] for i in info)}
+        return {
+            **info[0],
+            "samples_per_s": sps,
+            "min": min(self.rates),
+            "max": max(self.rates),
+            "gflops": info[0]["flops_per_sample"] * sps / 1e9,
+            "peak_mib": max(i["peak_mib"] for i in info),
+        }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", nargs="+", default=["paper-style", "fp32", "bf16"],
-                    help="paper-style = the published loop's shape (per-sample numpy augmentation, contiguous fp32), the same-run baseline")
+    ap.add_argument(
+        "--precision",
+        nargs="+",
+        default=["paper-style", "fp32", "bf16"],
+        help="paper-style = the published loop's shape (per-sample numpy augmentation, contiguous fp32), "
+        "the same-run baseline",
+    )
     ap.add_argument("--batch", nargs="+", type=int, default=[8, 32])
     ap.add_argument("--archs", nargs="+", type=int, default=[0, 1, 2], help="indices into the table")
     ap.add_argument("--workers", nargs="+", type=int, default=[1], help="trainers running at once (rows per count)")
@@ -190,16 +224,23 @@ def main() -> None:
 
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {threads} threads"
-    print(f"torch {torch.__version__} on {name}; median of {args.repeats} timed runs of ~{args.seconds:g} s per row, "
-          "taken in turn across the rows of a network; trainer defaults: on-device augmentation, channels-last "
-          "convolutions on CPU, channels-last throughout on GPU")
-    print(f"{'network':<50} {'prec':<11} {'batch':>5} {'workers':>7} {'samples/s':>10} {'(min-max)':>14} {'GFLOP/s':>8} "
-          f"{'peak MiB':>9} {'x paper-style':>13} {'PAPER.md':>9}")
+    print(
+        f"torch {torch.__version__} on {name}; median of {args.repeats} timed runs of ~{args.seconds:g} s per row, "
+        "taken in turn across the rows of a network; trainer defaults: on-device augmentation, channels-last "
+        "convolutions on CPU, channels-last throughout on GPU"
+    )
+    print(
+        f"{'network':<50} {'prec':<11} {'batch':>5} {'workers':>7} {'samples/s':>10} {'(min-max)':>14} "
+        f"{'GFLOP/s':>8} {'peak MiB':>9} {'x paper-style':>13} {'PAPER.md':>9}"
+    )
     for a in args.archs:
         rows = []
         for p in args.precision:
             if p == "bf16" and not bf16_is_fast(dev) and not args.force_bf16:
-                print(f"{list(ARCHS)[a]:<50} bf16        skipped: this {dev.type} has no fast bf16 (no AMX / AVX512-BF16); --force-bf16 runs it")
+                print(
+                    f"{list(ARCHS)[a]:<50} bf16        skipped: this {dev.type} has no fast bf16 "
+                    "(no AMX / AVX512-BF16); --force-bf16 runs it"
+                )
                 continue
             for b in [8] if p == "paper-style" else args.batch:
                 rows += [(p, b, w) for w in ([1] if p == "paper-style" else args.workers)]
@@ -216,9 +257,11 @@ def main() -> None:
                 base = r["samples_per_s"]
             ratio = f"{r['samples_per_s'] / base:.2f}" if base else ""
             spread = f"({r['min']:.0f}-{r['max']:.0f})"
-            print(f"{list(ARCHS)[a]:<50} {p:<11} {b:>5} {w:>7} {r['samples_per_s']:>10.1f} {spread:>14} "
-                  f"{r['gflops']:>8.1f} {r['peak_mib']:>9.0f} {ratio:>13} {PAPER[a] if p == 'paper-style' else '':>9}",
-                  flush=True)
+            print(
+                f"{list(ARCHS)[a]:<50} {p:<11} {b:>5} {w:>7} {r['samples_per_s']:>10.1f} {spread:>14} "
+                f"{r['gflops']:>8.1f} {r['peak_mib']:>9.0f} {ratio:>13} {PAPER[a] if p == 'paper-style' else '':>9}",
+                flush=True,
+            )
     if args.parity:
         from accuracy_parity import main as parity_main
 

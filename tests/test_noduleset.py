@@ -1,7 +1,12 @@
+import os
+import signal
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from nasopt.atomic import atomic_write
+from nasopt.atomic import atomic_write, remove_stale_temps
 from nasopt.data.noduleset import NoduleSet
 from nasopt.errors import DataError
 from tests.conftest import blob_set
@@ -27,6 +32,32 @@ def test_a_failed_write_keeps_the_old_file_and_no_temp_file(tmp_path):
         raise RuntimeError("interrupted mid-write")
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["set.safetensors"]
+
+
+def kill_mid_write(path):
+    """Start writing ``path`` with atomic_write in another process and kill it there (SIGKILL: no
+    cleanup runs), as a killed ``nasopt data prepare`` would; its temp file stays behind."""
+    kill = (
+        "import os, signal, sys\n"
+        "from nasopt.atomic import atomic_write\n"
+        "with atomic_write(sys.argv[1]) as tmp:\n"
+        "    open(tmp, 'wb').write(b'half a file')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", kill, str(path)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+
+
+def test_stale_temp_files_go_and_a_live_writers_stays(tmp_path):
+    kill_mid_write(tmp_path / "dead.safetensors")
+    (stale,) = tmp_path.glob("dead.safetensors.*.tmp")
+    with atomic_write(tmp_path / "live.safetensors") as live:
+        assert remove_stale_temps(tmp_path) == [stale]
+        assert os.path.exists(live) and not stale.exists()  # the writer at work keeps its temp file
+        with open(live, "wb") as handle:
+            handle.write(b"whole")
+    assert (tmp_path / "live.safetensors").read_bytes() == b"whole"
+    assert remove_stale_temps(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["live.safetensors"]
 
 
 def test_damaged_or_missing_cache_is_a_clear_error(tmp_path):

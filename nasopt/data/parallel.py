@@ -1,4 +1,7 @@
-"""Data preparation over processes, with a progress bar (on stderr, so stdout stays for results)."""
+"""Data preparation over processes, with a progress bar (on stderr, so stdout stays for results).
+
+Generic: it knows no source. A task imports what it needs (pylidc, SimpleITK) in its process.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import nullcontext
 from typing import Any
-
-from nasopt.data.lidc_db import import_pylidc
 
 
 def progress_bar(enabled: bool) -> Any:
@@ -66,7 +67,7 @@ def run_tasks(
         else:
             # spawn: a forked child would share the parent's SQLite connection and SimpleITK threads
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=import_pylidc) as pool:
+            with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
                 futures = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
                 try:
                     for future in as_completed(futures):

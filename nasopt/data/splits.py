@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from nasopt.data.noduleset import NoduleSet
 from nasopt.errors import DataError
@@ -21,6 +20,8 @@ if TYPE_CHECKING:
 
 def outer_folds(ns: NoduleSet, n_folds: int, seed: int = 0) -> np.ndarray:
     """Fold id (0..n_folds-1) of every nodule."""
+    from sklearn.model_selection import StratifiedGroupKFold  # a second to import: only here
+
     if ns.folds is not None:
         return np.asarray(ns.folds)
     counts = np.bincount(ns.labels, minlength=2)

@@ -22,11 +22,58 @@ from typing import Any
 
 import numpy as np
 
+from nasopt.data.badinput import BadItem
 from nasopt.data.geometry import check_finite
 from nasopt.errors import DataError
 
 #: File suffixes read as CT volumes (a folder is read as one DICOM series).
 VOLUME_SUFFIXES: tuple[str, ...] = (".mhd", ".mha", ".nii", ".nii.gz")
+
+#: Bytes per voxel of each MetaImage ElementType.
+_ELEMENT_BYTES = {
+    "MET_UCHAR": 1,
+    "MET_CHAR": 1,
+    "MET_USHORT": 2,
+    "MET_SHORT": 2,
+    "MET_UINT": 4,
+    "MET_INT": 4,
+    "MET_ULONG": 8,
+    "MET_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
+
+
+def check_metaimage(mhd: Path) -> None:
+    """Raise :class:`BadItem` when the header is unreadable or its data file is absent or short.
+
+    SimpleITK's own message for these is a multi-line ITK exception; this names the file and
+    the fix in one line.
+    """
+    try:
+        lines = [line.partition("=") for line in mhd.read_text(errors="replace").splitlines()]
+        header = {key.strip(): value.strip() for key, sep, value in lines if sep}
+    except OSError as exc:
+        raise BadItem(mhd, f"unreadable header ({exc})") from exc
+    try:
+        dims = [int(v) for v in header["DimSize"].split()]
+        element = header["ElementType"]
+        data_file = header["ElementDataFile"]
+    except (KeyError, ValueError) as exc:
+        raise BadItem(
+            mhd, f"not a MetaImage header (DimSize/ElementType/ElementDataFile missing or malformed: {exc})"
+        ) from exc
+    if len(dims) != 3:
+        raise BadItem(mhd, f"a CT volume has 3 dimensions, the header says DimSize = {header['DimSize']}")
+    if data_file == "LOCAL" or header.get("CompressedData", "False").lower() == "true":
+        return  # inline or compressed data: size cannot be checked from the file; SimpleITK will
+    raw = mhd.parent / data_file
+    if not raw.is_file():
+        raise BadItem(mhd, f"its data file {raw.name} is missing; download it again next to the .mhd")
+    need = int(np.prod(dims)) * _ELEMENT_BYTES.get(element, 1) * int(header.get("ElementNumberOfChannels", "1"))
+    have = raw.stat().st_size
+    if have < need:
+        raise BadItem(raw, f"holds {have} bytes, {mhd.name} needs {need}: the file is truncated; download it again")
 
 
 def refuse_non_finite(array: np.ndarray, where: str) -> None:
@@ -91,9 +138,6 @@ def _read_file(path: Path) -> Any:
 
     name = path.name.lower()
     if name.endswith(".mhd"):
-        from nasopt.data.lidc import BadItem
-        from nasopt.data.luna16 import check_metaimage
-
         try:  # SimpleITK reads a short data file with a stderr message and no error
             check_metaimage(path)
         except BadItem as bad:
