@@ -21,12 +21,15 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/nasopt launch --workers 2 --study demo --config studies/demo.toml --max-trials 12
 	$(VENV)/bin/nasopt export --study demo --out storage/demo-ensemble.safetensors --onnx storage/demo-ensemble.onnx
 	$(VENV)/bin/nasopt evaluate storage/demo-ensemble.safetensors
+	$(VENV)/bin/nasopt report --study demo --out storage/report
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/train_throughput.py --workers 1 2 --parity
 
 clean-storage:
-	rm -rf storage/nasopt.db* storage/artifacts storage/cache storage/demo-ensemble.*
+	rm -rf storage/nasopt.db* storage/artifacts storage/cache storage/demo-ensemble.* storage/report

@@ -107,7 +107,11 @@ def write_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], kind: K
     """Write ``tensors`` and ``header`` to ``path`` through a temp file and a rename."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    metadata = {KIND_KEY: kind, HEADER_KEY: json.dumps(header.model_dump(mode="python")), DIGEST_KEY: tensors_digest(tensors)}
+    metadata = {
+        KIND_KEY: kind,
+        HEADER_KEY: json.dumps(header.model_dump(mode="python")),
+        DIGEST_KEY: tensors_digest(tensors),
+    }
     with atomic_write(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
     return path
@@ -128,14 +132,20 @@ def read_checkpoint(
         # Only now look for pickle magic: a safetensors header length can begin with the same bytes.
         with open(path, "rb") as f:
             if f.read(4).startswith(_PICKLE_MAGIC):
-                raise DataError(f"{path}: a pickle (torch.save) file; nasopt never unpickles, load only files nasopt wrote") from None
+                raise DataError(
+                    f"{path}: a pickle (torch.save) file; nasopt never unpickles, load only files nasopt wrote"
+                ) from None
         raise DataError(f"{path}: truncated or not a safetensors file ({exc}); export or download it again") from None
     if HEADER_KEY not in meta or KIND_KEY not in meta:
         raise DataError(f"{path}: a safetensors file without a nasopt header; was it written by nasopt?")
     if meta[KIND_KEY] != kind:
-        raise DataError(f"{path}: a nasopt {meta[KIND_KEY]} file where {'an' if kind == 'ensemble' else 'a'} {kind} was expected")
+        raise DataError(
+            f"{path}: a nasopt {meta[KIND_KEY]} file where {'an' if kind == 'ensemble' else 'a'} {kind} was expected"
+        )
     if meta.get(DIGEST_KEY) != tensors_digest(tensors):
-        raise DataError(f"{path}: its tensors do not match its header's digest; the file was modified after it was written")
+        raise DataError(
+            f"{path}: its tensors do not match its header's digest; the file was modified after it was written"
+        )
     try:
         header = header_type.model_validate(json.loads(meta[HEADER_KEY]))
     except (ValueError, ValidationError) as exc:
@@ -143,7 +153,9 @@ def read_checkpoint(
     return {k: v.to(device) for k, v in tensors.items()}, header
 
 
-def build_model(header: CheckpointHeader, tensors: dict[str, torch.Tensor], prefix: str = "", where: str = "") -> ResCBAM3D:
+def build_model(
+    header: CheckpointHeader, tensors: dict[str, torch.Tensor], prefix: str = "", where: str = ""
+) -> ResCBAM3D:
     """The network ``header`` describes, with its weights from ``tensors[prefix + name]``, in eval mode."""
     try:
         model = build_network(header.architecture)

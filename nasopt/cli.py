@@ -6,9 +6,11 @@ on stderr and exit status 2; no traceback.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -17,11 +19,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from nasopt.config import SAMPLERS, load_config
+from nasopt.data.sources import SOURCES
 from nasopt.errors import NasoptError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Architecture search for 3D lung-nodule classifiers.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Architecture search for 3D lung-nodule classifiers."
+)
 data_app = typer.Typer(no_args_is_help=True, help="Prepare data sets into NoduleSet caches.")
 app.add_typer(data_app, name="data")
+config_app = typer.Typer(no_args_is_help=True, help="Study files: the effective configuration, what each key means.")
+app.add_typer(config_app, name="config")
 console = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Study file (TOML); defaults if absent.")]
@@ -31,32 +38,49 @@ StorageOpt = Annotated[
 ]
 
 
+def _with_source_inputs(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` one option per data source that reads an input (--dicom-root DIR, ...),
+    named and described by the source table; the command receives them in ``**inputs``."""
+    signature = inspect.signature(command, eval_str=True)
+    params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    for name, source in SOURCES.items():
+        if (given := source.input) is not None:
+            option = typer.Option(given.flag, metavar=given.metavar, help=f"{name}: {given.help}.")
+            annotation = Annotated[Path | None, option]
+            params.append(inspect.Parameter(given.key, keyword, default=None, annotation=annotation))
+            command.__annotations__[given.key] = annotation  # Typer reads the type hints too
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return command
+
+
 @data_app.command("prepare")
+@_with_source_inputs
 def data_prepare(
-    source: Annotated[str, typer.Option(help="phantom (embedded default), lidc, luna16 or nodulemnist3d.")] = "phantom",
+    source: Annotated[
+        str, typer.Option(help=f"{', '.join(SOURCES)}; the phantom is embedded, the others read the input named below.")
+    ] = "phantom",
     config: ConfigOpt = None,
-    dicom_root: Annotated[Path | None, typer.Option(help="lidc: folder of the LIDC-IDRI DICOM download.")] = None,
-    luna_root: Annotated[Path | None, typer.Option(help="luna16: folder holding subset0..subset9.")] = None,
-    npz: Annotated[Path | None, typer.Option(help="nodulemnist3d: the MedMNIST .npz file.")] = None,
     max_scans: Annotated[int | None, typer.Option(help="Phantom: use only the first N scans.")] = None,
     seed: Annotated[int | None, typer.Option(help="Phantom: texture and noise seed.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes preparing scans in parallel.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Processes preparing scans in parallel.")] = 1,
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Skip unreadable inputs and list them in a report next to the cache.")
     ] = False,
     force: Annotated[bool, typer.Option(help="Prepare again even when the cache exists.")] = False,
     set_: SetOpt = None,
+    **inputs: Path | None,
 ) -> None:
-    """Prepare a data source into a cached NoduleSet (reused when inputs are unchanged)."""
+    """Prepare a data source into a cached NoduleSet (reused while its settings and input are unchanged)."""
     import json
 
     from nasopt.data.prepare import prepare, skip_report_path
 
     # json.dumps gives a valid TOML string for any text (quotes, backslashes in paths).
     overrides = list(set_ or []) + [f"data.source={json.dumps(source)}"]
-    for key, value in (("dicom_root", dicom_root), ("luna_root", luna_root), ("npz", npz), ("max_scans", max_scans), ("seed", seed)):
-        if value is not None:
-            overrides.append(f"data.{key}={json.dumps(value if isinstance(value, int) else str(value))}")
+    named = {key: str(path) for key, path in inputs.items() if path is not None}
+    given = {**named, "max_scans": max_scans, "seed": seed}
+    overrides += [f"data.{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
     cfg = load_config(config, overrides)
     t0 = time.perf_counter()
     ns, path = prepare(cfg.data, workers=workers, progress=True, force=force, skip_bad=skip_bad)
@@ -71,6 +95,25 @@ def data_prepare(
     )
     if skip_bad and skip_report_path(path).is_file():
         console.print(f"skipped items are listed in {skip_report_path(path)}")
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the Markdown table of every key (the README's) instead.")
+    ] = False,
+) -> None:
+    """Print the effective configuration as a study file, every key under its description.
+
+    The values are the defaults, overridden by the study file, then by each --set.
+    """
+    from nasopt.config_doc import key_table, to_toml
+
+    cfg = load_config(config, list(set_ or []))
+    origin = " < ".join(["defaults", *([str(config)] if config else []), *(f"--set {o}" for o in set_ or [])])
+    sys.stdout.write(key_table(cfg) if markdown else to_toml(cfg, origin))
 
 
 @app.command()
@@ -129,7 +172,9 @@ def launch(
 @app.command()
 def dashboard(
     storage: StorageOpt = None,
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for other machines).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 serves other machines, unauthenticated.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on the study storage, with the trials' artifacts."""
@@ -138,6 +183,13 @@ def dashboard(
     from nasopt.study import open_artifact_store, open_storage, redact
 
     store = open_storage(storage, heartbeat=False, create=False)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        Console(stderr=True).print(
+            f"warning: optuna-dashboard has no authentication; anyone who can reach {host}:{port} can read and "
+            "edit this study",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"optuna-dashboard on http://{host}:{port}/ for {redact(store.url)} (Ctrl-C stops it)")
     run_server(store, host=host, port=port, artifact_store=open_artifact_store(store.url))
 
@@ -154,11 +206,15 @@ def front(study: Annotated[str, typer.Option(help="Study name.")] = "nasopt", st
 @app.command()
 def export(
     study: Annotated[str, typer.Option(help="Study name.")] = "nasopt",
-    out: Annotated[Path, typer.Option(help="Ensemble file to write (safetensors).")] = Path("storage/ensemble.safetensors"),
+    out: Annotated[Path, typer.Option(help="Ensemble file to write (safetensors).")] = Path(
+        "storage/ensemble.safetensors"
+    ),
     storage: StorageOpt = None,
     select: Annotated[str, typer.Option(help="greedy (Caruana selection), pareto (the front) or topk.")] = "greedy",
     k: Annotated[int, typer.Option(min=1, help="topk: how many trials.")] = 5,
-    max_params: Annotated[int | None, typer.Option(min=1, help="Budget: total parameters of the distinct members.")] = None,
+    max_params: Annotated[
+        int | None, typer.Option(min=1, help="Budget: total parameters of the distinct members.")
+    ] = None,
     metric: Annotated[str, typer.Option(help="Validation metric that selects and ranks: auc or accuracy.")] = "auc",
     refit: Annotated[bool, typer.Option("--refit", help="Retrain each member on train + validation.")] = False,
     onnx: Annotated[Path | None, typer.Option(help="Also write the ensemble as one ONNX graph here.")] = None,
@@ -187,7 +243,9 @@ def export(
     if onnx is not None:
         from nasopt.ensemble import export_onnx, load_ensemble
 
-        console.print(f"{export_onnx(load_ensemble(result.path), onnx)}: ONNX graph, hu (B, 1, 32, 32, 32) -> prob_malignant (B,)")
+        console.print(
+            f"{export_onnx(load_ensemble(result.path), onnx)}: ONNX graph, hu (B, 1, 32, 32, 32) -> prob_malignant (B,)"
+        )
 
 
 @app.command()
@@ -293,6 +351,42 @@ def predict(
         notes.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def report(
+    study: Annotated[str, typer.Option(help="Study name.")] = "nasopt",
+    storage: StorageOpt = None,
+    out: Annotated[
+        Path, typer.Option(help="Folder for pareto.png, hypervolume.png, curves.png, index.html, summary.md.")
+    ] = Path("storage/report"),
+) -> None:
+    """Write a study's Pareto front, hypervolume and learning-curve figures and an HTML page."""
+    from nasopt.report import write_report
+
+    path = write_report(study, storage, out)
+    console.print(f"report of study {study!r}: {path / 'index.html'}")
+
+
+@app.command()
+def explain(
+    file: Annotated[Path, typer.Argument(help="Ensemble file written by `nasopt export`.")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="HU crops (.npy) or CT volumes (.mhd, .nii, .nii.gz, DICOM folder).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for one PNG per crop.")] = Path("storage/explain"),
+    centre: Annotated[str | None, typer.Option(help="Nodule centre X,Y,Z for every volume.")] = None,
+    centres: Annotated[Path | None, typer.Option(help="CSV with columns input,x,y,z.")] = None,
+    coords: Annotated[str, typer.Option(help="world (mm, LPS) or voxel (continuous index).")] = "world",
+) -> None:
+    """Draw each member's CBAM attention and the ensemble's weighted mean over the three mid-planes."""
+    from nasopt.explain import explain as run
+
+    written, notes = run(file, inputs, out, centre=centre, centres_csv=centres, coords=coords)
+    for path in written:
+        console.print(str(path))
+    for note in notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+
+
 def main() -> None:
     import optuna
 
@@ -308,9 +402,8 @@ def main() -> None:
     except (typer.Abort, typer.Exit) as exc:
         sys.exit(getattr(exc, "exit_code", 1))
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+        # Typer 0.29 bundles its own click (typer._click); older ones use click. Both have these.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         raise

@@ -57,7 +57,9 @@ class Ensemble(nn.Module):
         centre-cropped and run in batches exactly as training validated."""
         crops = torch.as_tensor(np.asarray(crops)) if not isinstance(crops, torch.Tensor) else crops
         if crops.ndim != 4 or len(set(crops.shape[1:])) != 1 or crops.shape[-1] < self.input_size:
-            raise DataError(f"crops of shape {tuple(crops.shape)}: expected (N, S, S, S) cubes with S >= {self.input_size}")
+            raise DataError(
+                f"crops of shape {tuple(crops.shape)}: expected (N, S, S, S) cubes with S >= {self.input_size}"
+            )
         per_member = predict_proba(_PerMember(self), crops, self.input_size).cpu()
         return (per_member @ self.weights.cpu()).numpy(), per_member.numpy()
 

@@ -77,10 +77,14 @@ class Evaluation:
 def held_out_set(ensemble: Ensemble, data_overrides: list[str] | None = None) -> tuple[NoduleSet, list[str]]:
     """The test fold of the split the ensemble's study used, and notes about the data."""
     header = ensemble.header
-    raw = apply_overrides({"data": dict(header.data)}, [o if o.startswith("data.") else f"data.{o}" for o in data_overrides or []])
+    raw = apply_overrides(
+        {"data": dict(header.data)}, [o if o.startswith("data.") else f"data.{o}" for o in data_overrides or []]
+    )
     try:
         # [train] only bounds the crop size here; the ensemble's own input size is what runs.
-        cfg = StudyConfig.model_validate({**raw, "split": header.split, "train": {"input_size": ensemble.input_size, "max_shift": 0}})
+        cfg = StudyConfig.model_validate(
+            {**raw, "split": header.split, "train": {"input_size": ensemble.input_size, "max_shift": 0}}
+        )
     except ValueError as exc:
         raise ConfigError(f"--data: {str(exc).splitlines()[-1].strip()}") from None
     ns = load_data(cfg.data, progress=False)
@@ -107,8 +111,16 @@ def evaluate(path: str | Path, data_overrides: list[str] | None = None, seed: in
     header = ensemble.header
     rows = [score("ensemble", test.labels, prob, seed, params=sum(_params(ensemble)), weight=1.0)]
     for i, entry in enumerate(header.members):
-        rows.append(score(f"trial {entry.model.trial}", test.labels, members[:, i], seed,
-                          params=_params(ensemble)[i], weight=float(ensemble.weights[i])))
+        rows.append(
+            score(
+                f"trial {entry.model.trial}",
+                test.labels,
+                members[:, i],
+                seed,
+                params=_params(ensemble)[i],
+                weight=float(ensemble.weights[i]),
+            )
+        )
     return Evaluation(Path(path), len(test), int(test.labels.sum()), rows, notes)
 
 

@@ -39,7 +39,14 @@ class ExportResult:
     refit: bool
 
 
-def _fetch(store: optuna.artifacts.FileSystemArtifactStore, artifact_id: str | None, dest: Path, what: str, trial: int, where: str) -> Path:
+def _fetch(
+    store: optuna.artifacts.FileSystemArtifactStore,
+    artifact_id: str | None,
+    dest: Path,
+    what: str,
+    trial: int,
+    where: str,
+) -> Path:
     if artifact_id is None:
         raise DataError(f"trial {trial}: no {what} artifact recorded; it was searched without an artifact store")
     try:
@@ -84,19 +91,27 @@ def export_study(
     with tempfile.TemporaryDirectory() as tmp:
         cands, labels, nodules = [], None, None
         for r in fitting:
-            path = _fetch(store, r.predictions_id, Path(tmp) / f"{r.number}.json", "validation predictions", r.number, where)
+            path = _fetch(
+                store, r.predictions_id, Path(tmp) / f"{r.number}.json", "validation predictions", r.number, where
+            )
             names, y, prob = read_predictions(path)
             if nodules is not None and names != nodules:
                 raise DataError(f"trial {r.number}: validated on other nodules than the other trials")
             nodules, labels = names, y
-            cands.append(selection.Candidate(r.number, r.params, prob, r.metrics))
+            cands.append(selection.Candidate(r.number, r.params, prob))
         if rule == "greedy":
             weights, _ = selection.greedy(cands, labels, metric, max_params)
         elif rule == "pareto":
             front = {t.number for t in study.best_trials}
-            weights = selection.within_budget(selection.ranked([c for c in cands if c.number in front], labels, metric), max_params)
+            weights = selection.within_budget(
+                selection.ranked([c for c in cands if c.number in front], labels, metric), max_params
+            )
         else:
             weights = selection.within_budget(selection.ranked(cands, labels, metric), max_params, k)
+        if not weights:  # only pareto can get here: every front trial is over the budget
+            raise ConfigError(
+                f"--max-params {max_params:,}: no Pareto-front trial fits; raise it or use --select greedy"
+            )
         val_score = selection.weighted_score(cands, weights, labels, metric)
 
         ns = load_data(cfg.data, progress=False)
@@ -109,7 +124,9 @@ def export_study(
             if refit:
                 header, tensors = _refit(study_name, cfg, r, sets.train, sets.val, device)
             members.append((header, tensors, float(count)))
-        chosen = Selection(rule=rule, metric=metric, val_score=val_score, k=k if rule == "topk" else None, max_params=max_params)
+        chosen = Selection(
+            rule=rule, metric=metric, val_score=val_score, k=k if rule == "topk" else None, max_params=max_params
+        )
         search_patients = sorted(set(sets.train.patients.tolist()) | set(sets.val.patients.tolist()))
         path = save_ensemble(
             out,
@@ -125,7 +142,9 @@ def export_study(
     return ExportResult(Path(path), [(records[n], c) for n, c in weights.items()], chosen, refit)
 
 
-def _refit(study_name: str, cfg: StudyConfig, r: TrialRecord, train: NoduleSet, val: NoduleSet, device: str | torch.device) -> tuple[CheckpointHeader, dict]:
+def _refit(
+    study_name: str, cfg: StudyConfig, r: TrialRecord, train: NoduleSet, val: NoduleSet, device: str | torch.device
+) -> tuple[CheckpointHeader, dict]:
     """Train the trial's architecture again, with its recorded settings, on train + validation."""
     from nasopt.train import fit  # only a refit needs the trainer
 
@@ -135,8 +154,22 @@ def _refit(study_name: str, cfg: StudyConfig, r: TrialRecord, train: NoduleSet, 
         meta=train.meta + val.meta,
         source=train.source,
     )
-    result = fit(r.arch, both, None, cfg.train, lr=r.hparams["lr"], batch_size=r.hparams["batch_size"],
-                 seed=cfg.study.seed + r.number, device=device)
-    header = CheckpointHeader(arch=r.arch.to_dict(), norm=result.norm, input_size=cfg.train.input_size, metrics={},
-                              study=study_name, trial=r.number)
+    result = fit(
+        r.arch,
+        both,
+        None,
+        cfg.train,
+        lr=r.hparams["lr"],
+        batch_size=r.hparams["batch_size"],
+        seed=cfg.study.seed + r.number,
+        device=device,
+    )
+    header = CheckpointHeader(
+        arch=r.arch.to_dict(),
+        norm=result.norm,
+        input_size=cfg.train.input_size,
+        metrics={},
+        study=study_name,
+        trial=r.number,
+    )
     return header, result.state_dict

@@ -29,7 +29,9 @@ def binary_metrics(labels: np.ndarray, prob_malignant: np.ndarray, threshold: fl
     }
 
 
-def _resampled_metrics(labels: np.ndarray, prob: np.ndarray, idx: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+def _resampled_metrics(
+    labels: np.ndarray, prob: np.ndarray, idx: np.ndarray, threshold: float
+) -> dict[str, np.ndarray]:
     """Every metric of every resample (rows of ``idx``) at once; the same definitions as
     :func:`binary_metrics` (scikit-learn's), vectorised because 1000 resamples of 5 metrics
     through scikit-learn take seconds per model."""

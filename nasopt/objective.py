@@ -9,11 +9,16 @@ from pathlib import Path
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna_dashboard import save_note
 
-from nasopt.checkpoint import CheckpointHeader, save_model
+from nasopt import figures
+from nasopt.attention import example_rows
+from nasopt.checkpoint import CheckpointHeader, build_model, save_model
 from nasopt.config import StudyConfig
 from nasopt.data.noduleset import NoduleSet
+from nasopt.inference import Member, set_layout
 from nasopt.model import Architecture, count_flops
+from nasopt.report import trial_note
 from nasopt.space import suggest
 from nasopt.train import FitResult, TrainingDiverged, fit
 from nasopt.trial_record import Key, predictions_json, val_key
@@ -44,8 +49,7 @@ class Objective:
             raise
         values = {val_key(k): v for k, v in result.metrics.items()}
         values[Key.PARAMS] = result.params
-        if "flops" in self.cfg.study.objectives:
-            values[Key.FLOPS] = count_flops(arch, self.cfg.train.input_size)
+        values[Key.FLOPS] = count_flops(arch, self.cfg.train.input_size)
         for key, value in values.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr(Key.CURVE, result.curve)
@@ -53,6 +57,17 @@ class Objective:
         trial.set_user_attr(Key.SAMPLES_PER_S, round(result.train_samples_per_s, 1))
         trial.set_user_attr(Key.NORM, list(result.norm))
         trial.set_user_attr(Key.DEVICE, str(self.device))
+        note = trial_note(
+            trial.number,
+            arch,
+            result.params,
+            values[Key.FLOPS],
+            result.metrics,
+            result.seconds,
+            result.train_samples_per_s,
+            str(self.device),
+        )
+        save_note(trial, note)
         if self.artifacts is not None:
             self._upload(trial, arch, result)
         return tuple(float(values[o]) for o in self.cfg.study.objectives)
@@ -80,9 +95,33 @@ class Objective:
             trial=trial.number,
         )
         with tempfile.TemporaryDirectory() as tmp:
-            weights = save_model(Path(tmp) / f"trial-{trial.number}.safetensors", result.state_dict, header)
-            preds = Path(tmp) / f"trial-{trial.number}-val-predictions.json"
-            preds.write_text(predictions_json([m["nodule"] for m in self.val.meta], self.val.labels, result.val_prob))
-            for key, path in ((Key.WEIGHTS, weights), (Key.VAL_PREDICTIONS, preds)):
+            stem = Path(tmp) / f"trial-{trial.number}"
+            files = {
+                Key.WEIGHTS: save_model(f"{stem}.safetensors", result.state_dict, header),
+                Key.VAL_PREDICTIONS: Path(f"{stem}-val-predictions.json"),
+            }
+            files[Key.VAL_PREDICTIONS].write_text(
+                predictions_json([m["nodule"] for m in self.val.meta], self.val.labels, result.val_prob)
+            )
+            files.update(self._figures(trial.number, header, result, stem))
+            for key, path in files.items():
                 artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial)
                 trial.set_user_attr(key, artifact_id)
+
+    def _figures(self, number: int, header: CheckpointHeader, result: FitResult, stem: Path) -> dict[Key, Path]:
+        """The learning curve and the attention of 2 benign and 2 malignant validation nodules."""
+        phantom = " (LIDC phantom data)" if self.val.source == "phantom" else ""
+        curve = figures.learning_curve(result.curve, f"{stem}-learning-curve.png", f"trial {number}{phantom}")
+        network = build_model(header, result.state_dict)
+        set_layout(network, "auto", torch.device("cpu"))
+        rows = example_rows(
+            Member(network, header.norm),
+            self.val.crops,
+            self.val.labels,
+            [m["nodule"] for m in self.val.meta],
+            header.input_size,
+        )
+        note = "" if network.cbam_modules() else "this network has no CBAM: inputs only"
+        title = f"trial {number}: deepest CBAM's spatial attention, low (blue) to high (red){phantom}"
+        attention = figures.attention_grid(rows, f"{stem}-attention.png", title, note)
+        return {Key.CURVE_PNG: curve, Key.ATTENTION_PNG: attention}

@@ -265,7 +265,7 @@ def member_columns(header: Any) -> list[str]:
     return names
 
 
-def _stem(item: str) -> str:
+def stem(item: str) -> str:
     name = Path(item).name or "input"
     for suffix in (".nii.gz", *VOLUME_SUFFIXES, ".npy"):
         if name.lower().endswith(suffix):
@@ -274,7 +274,7 @@ def _stem(item: str) -> str:
 
 
 def _save_crop(folder: Path, number: int, item: str, crop: np.ndarray) -> Path:
-    path = folder / f"{number:04d}-{_stem(item)}.npy"
+    path = folder / f"{number:04d}-{stem(item)}.npy"
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:  # np.save(name) would append .npy to the temp name
         np.save(handle, crop)
     return path
@@ -287,6 +287,21 @@ def _check_hu(array: np.ndarray, item: str, notes: list[str]) -> None:
             f"{item}: values span {low:g}..{high:g} with no voxel below {_LUNG_HU:g}; the networks expect "
             "Hounsfield units (lung near -850 HU), not normalised intensities"
         )
+
+
+def resolve_inputs(
+    ensemble_file: Path, inputs: Sequence[str], centre: str | None, centres_csv: Path | None, coords: str
+) -> tuple[dict[str, str], dict[str, list[CentreSpec]], list[str]]:
+    """(kind of each input, centres of each volume, notes): every flag, path and centre checked
+    before any file is read."""
+    if coords not in COORDS:
+        raise ConfigError(f"--coords {coords!r}: choose world (mm, patient LPS) or voxel (continuous i,j,k index)")
+    kinds = {item: input_kind(Path(item)) for item in inputs}
+    notes: list[str] = []
+    centres = assign_centres(inputs, kinds, centre, centres_csv, notes)
+    if not Path(ensemble_file).is_file():
+        raise DataError(f"{ensemble_file}: no such ensemble file; pass a file written by `nasopt export`")
+    return kinds, centres, notes
 
 
 def predict(
@@ -303,56 +318,76 @@ def predict(
     Flags, paths and centres are checked before any file is read; the ensemble is loaded once
     the first input has been read and its centres checked, so bad input fails before torch loads.
     """
-    if coords not in COORDS:
-        raise ConfigError(f"--coords {coords!r}: choose world (mm, patient LPS) or voxel (continuous i,j,k index)")
     if save_crops is not None and save_crops.exists() and not save_crops.is_dir():
         raise ConfigError(f"--save-crops {save_crops}: a file, not a folder; pass a folder for the crops")
-    kinds = {item: input_kind(Path(item)) for item in inputs}
-    notes: list[str] = []
-    centres = assign_centres(inputs, kinds, centre, centres_csv, notes)
-    if not Path(ensemble_file).is_file():
-        raise DataError(f"{ensemble_file}: no such ensemble file; pass a file written by `nasopt export`")
+    kinds, centres, notes = resolve_inputs(ensemble_file, inputs, centre, centres_csv, coords)
 
     ensemble: Ensemble | None = None
     result = PredictResult([], notes=notes, crops_saved=save_crops is not None)
     for item in inputs:
-        path = Path(item)
-        cut: list[tuple[Centre | None, bool | None, np.ndarray]] = []
-        array = image = None
-        worlds: list[Centre] = []
-        if kinds[item] == "npy":
-            array = load_crop(path)
-        else:
-            image = load_volume(path)
-            worlds = [world_centre(image, spec, coords, item) for spec in centres[item]]  # type: ignore[arg-type]
+        loaded = load_input(item, kinds[item], centres.get(item, []), coords)  # type: ignore[arg-type]
         if ensemble is None:  # imports torch: after the first input proved readable
             from nasopt.ensemble import load_ensemble
-            from nasopt.inference import center_crop
 
             ensemble = load_ensemble(ensemble_file)
             result.members = member_columns(ensemble.header)
-        size = ensemble.input_size
-        if array is not None:
-            if array.shape[0] < size:
-                raise DataError(f"{path}: shape {array.shape}; {_crop_shape(size)}")
-            cut.append((None, None, center_crop(array, size)))
-        else:
-            for world in worlds:
-                crop, padded = crop_at_point(image, world, size)
-                cut.append((world, padded, crop))
-                if padded:
-                    notes.append(
-                        f"{item}: the crop at {_fmt(np.round(world, 1))} mm reaches past the scanned volume; "
-                        f"padded with air ({AIR_HU:g} HU)"
-                    )
-            del image
-        probs, member_probs = ensemble.predict(np.stack([c.astype(np.float32) for _, _, c in cut]))
-        for (world, padded, crop), p, pm in zip(cut, probs, member_probs):
-            if world is None:
-                _check_hu(crop, item, notes)
-            crop_file = _save_crop(save_crops, len(result.rows), item, crop) if save_crops is not None else None
-            result.rows.append(Row(item, world, padded, float(p), tuple(float(v) for v in pm), crop_file))
+        cut = cut_crops(loaded, ensemble.input_size, notes)
+        probs, member_probs = ensemble.predict(np.stack([c.crop.astype(np.float32) for c in cut]))
+        for c, p, pm in zip(cut, probs, member_probs):
+            crop_file = _save_crop(save_crops, len(result.rows), item, c.crop) if save_crops is not None else None
+            result.rows.append(Row(item, c.centre, c.edge_padded, float(p), tuple(float(v) for v in pm), crop_file))
     return result
+
+
+@dataclass
+class Loaded:
+    """One input, read: a crop (``array``) or a volume (``image``) with its centres in world mm."""
+
+    item: str
+    array: np.ndarray | None = None
+    image: Any = None
+    worlds: list[Centre] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One crop fed to the networks, and where it came from (``centre`` None for a .npy crop)."""
+
+    crop: np.ndarray
+    centre: Centre | None = None
+    edge_padded: bool | None = None
+
+
+def load_input(item: str, kind: str, centres: list[CentreSpec], coords: Coords) -> Loaded:
+    """Read one input; a volume's centres are checked against it (world mm)."""
+    path = Path(item)
+    if kind == "npy":
+        return Loaded(item, array=load_crop(path))
+    image = load_volume(path)
+    return Loaded(item, image=image, worlds=[world_centre(image, spec, coords, item) for spec in centres])
+
+
+def cut_crops(loaded: Loaded, size: int, notes: list[str]) -> list[Cut]:
+    """The ``size``³ crops of one input: the central cube of a .npy crop, or a 1 mm crop resampled
+    around each centre of a volume (as the training data was cut)."""
+    from nasopt.inference import center_crop
+
+    if loaded.array is not None:
+        if loaded.array.shape[0] < size:
+            raise DataError(f"{loaded.item}: shape {loaded.array.shape}; {_crop_shape(size)}")
+        crop = np.asarray(center_crop(loaded.array, size))
+        _check_hu(crop, loaded.item, notes)
+        return [Cut(crop)]
+    cuts = []
+    for world in loaded.worlds:
+        crop, padded = crop_at_point(loaded.image, world, size)
+        if padded:
+            notes.append(
+                f"{loaded.item}: the crop at {_fmt(np.round(world, 1))} mm reaches past the scanned volume; "
+                f"padded with air ({AIR_HU:g} HU)"
+            )
+        cuts.append(Cut(crop, world, padded))
+    return cuts
 
 
 # ------------------------------------------------------------------------------------- output

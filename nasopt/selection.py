@@ -31,7 +31,6 @@ class Candidate:
     number: int  # trial number
     params: int
     prob: np.ndarray  # validation probabilities, in the study's validation order
-    metrics: dict[str, float]  # stored validation metrics (pareto uses accuracy)
 
 
 def score(labels: np.ndarray, prob: np.ndarray, metric: str) -> float:

@@ -34,6 +34,8 @@ class Key(StrEnum):
     FAIL_REASON = "fail_reason"
     WEIGHTS = "artifact_weights"  # artifact id of the safetensors checkpoint
     VAL_PREDICTIONS = "artifact_val_predictions"  # artifact id of the validation predictions JSON
+    CURVE_PNG = "artifact_curve_png"  # artifact id of the learning-curve figure
+    ATTENTION_PNG = "artifact_attention_png"  # artifact id of the CBAM attention figure
 
 
 def val_key(metric: str) -> str:

@@ -54,7 +54,9 @@ def _report(console: Console):
                 f"params {a[Key.PARAMS]:>10,}  {a[Key.TRAIN_SECONDS]:6.1f} s  {a[Key.ARCH_SUMMARY]}"
             )
         elif trial.state == TrialState.FAIL:
-            console.print(f"trial {trial.number:>3}  failed: {trial.user_attrs.get(Key.FAIL_REASON, 'see the log above')}")
+            console.print(
+                f"trial {trial.number:>3}  failed: {trial.user_attrs.get(Key.FAIL_REASON, 'see the log above')}"
+            )
 
     return callback
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from nasopt.data.noduleset import NoduleSet
 
@@ -24,7 +25,9 @@ def blob_set(n: int = 120, side: int = 40, seed: int = 0, per_patient: int = 2) 
     for i in range(n):
         radius = (5 + 3 * rng.random()) if labels[i] else (2 + 2 * rng.random())
         crops[i][r < radius] = rng.integers(-100, 40)
-    meta = [{"patient": f"P{i // per_patient:03d}", "scan": f"S{i // per_patient}", "nodule": f"N{i}"} for i in range(n)]
+    meta = [
+        {"patient": f"P{i // per_patient:03d}", "scan": f"S{i // per_patient}", "nodule": f"N{i}"} for i in range(n)
+    ]
     return NoduleSet(crops, labels.astype(np.int64), meta, source="toy", params={"seed": seed})
 
 
@@ -98,8 +101,18 @@ def nasopt(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def small(cache_dir: Path) -> list[str]:
-    return ["--config", DEMO, "--set", "data.max_scans=60", "--set", "train.epochs=1",
-            "--set", f'data.cache_dir="{cache_dir}"', "--threads", "2"]
+    return [
+        "--config",
+        DEMO,
+        "--set",
+        "data.max_scans=60",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        f'data.cache_dir="{cache_dir}"',
+        "--threads",
+        "2",
+    ]
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -120,3 +133,34 @@ def searched_study(tmp_path_factory, cache_dir) -> Path:
     proc = nasopt(where, "search", "--study", "demo", "--n-trials", "4", "--no-front", *small(cache_dir))
     assert proc.returncode == 0, proc.stderr
     return where
+
+
+@pytest.fixture(scope="session")
+def tiny_ensemble_file(tmp_path_factory) -> Path:
+    """An ensemble file of two untrained networks (trials 3 and 7, weights 2 and 1), no search needed."""
+    from nasopt.checkpoint import CheckpointHeader, Selection
+    from nasopt.ensemble import save_ensemble
+    from nasopt.model import Architecture, build_network
+
+    torch.manual_seed(0)
+    archs = [
+        Architecture(((4,), (8,), (8,)), True, (True, False, True), 2),
+        Architecture(((4,), (4, 8), (8,)), False, (False, True, False), 1),
+    ]
+    members = []
+    for trial, weight, arch in ((3, 2.0, archs[0]), (7, 1.0, archs[1])):
+        net = build_network(arch)
+        header = CheckpointHeader(arch=arch.to_dict(), norm=(-700.0, 300.0), input_size=32, metrics={}, trial=trial)
+        members.append((header, net.state_dict(), weight))
+    path = tmp_path_factory.mktemp("ens") / "ensemble.safetensors"
+    return save_ensemble(
+        path,
+        members,
+        selection=Selection(rule="greedy", metric="auc", val_score=0.5),
+        study="t",
+        data={},
+        split={},
+        data_fingerprint="x",
+        search_patients=[],
+        refit=False,
+    )

@@ -1,7 +1,9 @@
 """Checkpoint files: exact round trips, and refusal of pickles, truncated, tampered and foreign files."""
 
 import json
+import os
 import pickle
+import stat
 
 import pytest
 import torch
@@ -106,3 +108,13 @@ def test_foreign_and_mismatched_files_are_refused(tmp_path):
         load_model(path)
     with safe_open(path, framework="pt") as f:
         assert DIGEST_KEY in f.metadata()
+
+
+def test_written_files_are_readable_as_the_umask_allows(tmp_path):
+    # Temp files are created 0600; a checkpoint or cache shared on a cluster must not stay that way.
+    old = os.umask(0o022)
+    try:
+        _, path = saved(tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -132,8 +132,11 @@ def test_pareto_topk_budget_and_refit(searched_study, tmp_path):
     assert refit.refit and refit.members[0].model.metrics == {}
     assert list(refit.members[0].model.norm) != original.user_attrs[Key.NORM]  # normalised over train + validation
 
-    assert_user_error(nasopt(searched_study, "export", "--study", "demo", "--out", str(out), "--max-params", "10"),
-                      "--max-params 10", "no trial fits")
+    assert_user_error(
+        nasopt(searched_study, "export", "--study", "demo", "--out", str(out), "--max-params", "10"),
+        "--max-params 10",
+        "no trial fits",
+    )
 
 
 def test_export_errors_are_one_line(searched_study, tmp_path):
@@ -152,8 +155,11 @@ def test_export_errors_are_one_line(searched_study, tmp_path):
     study, _ = study_of(copy)
     best = max(study.trials, key=lambda t: t.user_attrs[val_key("auc")])
     (copy / "storage" / "artifacts" / best.user_attrs[Key.WEIGHTS]).unlink()
-    err = assert_user_error(nasopt(copy, "export", "--study", "demo", "--out", str(out), "--select", "topk", "--k", "1"),
-                            f"trial {best.number}", "missing from the artifact store")
+    err = assert_user_error(
+        nasopt(copy, "export", "--study", "demo", "--out", str(out), "--select", "topk", "--k", "1"),
+        f"trial {best.number}",
+        "missing from the artifact store",
+    )
     assert str(copy / "storage" / "artifacts") in err
     assert not out.exists()
     assert optuna.load_study(study_name="demo", storage=url).trials  # nothing lost

@@ -77,15 +77,22 @@ def test_every_cbam_pattern(pattern):
     assert net(torch.randn(2, 1, 32, 32, 32))[0].shape == (2, 2)
 
 
-def test_cbam_attention_is_sigmoid_gated_and_recorded():
+def test_cbam_attention_is_sigmoid_gated_and_readable_by_a_hook():
     torch.manual_seed(0)
     cbam = CBAM(8)
-    cbam.record = True
     x = torch.randn(3, 8, 6, 6, 6)
+    seen = {}
+    handles = [
+        cbam.mlp.register_forward_hook(lambda m, i, o: seen.__setitem__("mlp", o)),
+        cbam.spatial.register_forward_hook(lambda m, i, o: seen.__setitem__("spatial", o)),
+    ]
     y = cbam(x)
-    assert y.shape == x.shape
-    assert cbam.channel_map.shape == (3, 8) and cbam.spatial_map.shape == (3, 6, 6, 6)
-    for m in (cbam.channel_map, cbam.spatial_map):
+    for h in handles:
+        h.remove()
+    avg, mx = seen["mlp"].chunk(2)
+    channel = torch.sigmoid(avg + mx)
+    spatial = torch.sigmoid(seen["spatial"])
+    assert y.shape == x.shape and channel.shape == (3, 8, 1, 1, 1) and spatial.shape == (3, 1, 6, 6, 6)
+    for m in (channel, spatial):
         assert torch.all((m > 0) & (m < 1))
-    expected = x * cbam.channel_map[:, :, None, None, None] * cbam.spatial_map[:, None]
-    assert torch.allclose(y, expected, atol=1e-6)
+    assert torch.allclose(y, x * channel * spatial, atol=1e-6)

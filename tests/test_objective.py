@@ -18,14 +18,24 @@ def test_flops_are_counted_and_grow_with_width():
 
 
 def test_three_objective_study_with_nsga3_in_sqlite(tmp_path):
-    cfg = load_config(None, [
-        'study.objectives=["val_auc", "params", "flops"]', "study.population_size=2", "train.epochs=1",
-        "space.widths=[4, 8]", "space.batch_sizes=[8]", 'train.precision="fp32"',
-    ])
+    cfg = load_config(
+        None,
+        [
+            'study.objectives=["val_auc", "params", "flops"]',
+            "study.population_size=2",
+            "train.epochs=1",
+            "space.widths=[4, 8]",
+            "space.batch_sizes=[8]",
+            'train.precision="fp32"',
+        ],
+    )
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
     study = create_or_load("three", cfg, storage, make_sampler("nsga3", cfg))
-    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE,
-                                optuna.study.StudyDirection.MINIMIZE]
+    assert study.directions == [
+        optuna.study.StudyDirection.MAXIMIZE,
+        optuna.study.StudyDirection.MINIMIZE,
+        optuna.study.StudyDirection.MINIMIZE,
+    ]
     ns = blob_set(n=48, seed=4)
     objective = Objective(cfg, ns.subset(np.arange(32)), ns.subset(np.arange(32, 48)), torch.device("cpu"))
     study.optimize(objective, n_trials=3)

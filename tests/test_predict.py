@@ -8,12 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
-from nasopt.checkpoint import CheckpointHeader, Selection
 from nasopt.data.geometry import image_from_array
-from nasopt.ensemble import load_ensemble, save_ensemble
-from nasopt.model import Architecture, build_network
+from nasopt.ensemble import load_ensemble
 from tests.conftest import assert_user_error, nasopt
 
 S = 32
@@ -26,29 +23,8 @@ PERMUTE = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # index i runs along y
 
 
 @pytest.fixture(scope="module")
-def ensemble_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    archs = [
-        Architecture(((4,), (8,), (8,)), True, (True, False, True), 2),
-        Architecture(((4,), (4, 8), (8,)), False, (False, True, False), 1),
-    ]
-    members = []
-    for trial, weight, arch in ((3, 2.0, archs[0]), (7, 1.0, archs[1])):
-        net = build_network(arch)
-        header = CheckpointHeader(arch=arch.to_dict(), norm=(-700.0, 300.0), input_size=S, metrics={}, trial=trial)
-        members.append((header, net.state_dict(), weight))
-    path = tmp_path_factory.mktemp("ens") / "ensemble.safetensors"
-    return save_ensemble(
-        path,
-        members,
-        selection=Selection(rule="greedy", metric="auc", val_score=0.5),
-        study="t",
-        data={},
-        split={},
-        data_fingerprint="x",
-        search_patients=[],
-        refit=False,
-    )
+def ensemble_file(tiny_ensemble_file) -> Path:
+    return tiny_ensemble_file
 
 
 def sphere_array(direction, origin) -> np.ndarray:

@@ -19,7 +19,15 @@ def test_fit_learns_a_separable_task_and_reports_everything():
     ns = blob_set(n=160, seed=0)
     cfg = TrainSection(epochs=6, precision="fp32")
     seen = []
-    r = fit(TINY, ns.subset(np.arange(120)), ns.subset(np.arange(120, 160)), cfg, lr=3e-3, batch_size=16, on_epoch=seen.append)
+    r = fit(
+        TINY,
+        ns.subset(np.arange(120)),
+        ns.subset(np.arange(120, 160)),
+        cfg,
+        lr=3e-3,
+        batch_size=16,
+        on_epoch=seen.append,
+    )
     assert r.metrics["auc"] > 0.9
     assert set(r.metrics) == {"accuracy", "sensitivity", "specificity", "f1", "auc"}
     assert len(r.curve) == 6 == len(seen) and r.curve[-1]["epoch"] == 6
@@ -32,7 +40,14 @@ def test_fit_learns_a_separable_task_and_reports_everything():
     # validation probabilities exactly, whatever layout training used.
     val = ns.subset(np.arange(120, 160))
     for channels_last in ("auto", False):
-        r = fit(TINY, ns.subset(np.arange(120)), val, cfg.model_copy(update={"epochs": 1, "channels_last": channels_last}), lr=3e-3, batch_size=16)
+        r = fit(
+            TINY,
+            ns.subset(np.arange(120)),
+            val,
+            cfg.model_copy(update={"epochs": 1, "channels_last": channels_last}),
+            lr=3e-3,
+            batch_size=16,
+        )
         net = build_model(CheckpointHeader(arch=TINY.to_dict(), norm=r.norm, input_size=32, metrics={}), r.state_dict)
         set_layout(net, "auto", torch.device("cpu"))
         prob = predict_proba(Member(net, r.norm), torch.from_numpy(val.crops), 32)
@@ -42,21 +57,38 @@ def test_fit_learns_a_separable_task_and_reports_everything():
 def test_fit_is_deterministic_under_a_seed():
     ns = blob_set(n=48, seed=1)
     cfg = TrainSection(epochs=1, precision="fp32")
-    a, b = (fit(TINY, ns.subset(np.arange(32)), ns.subset(np.arange(32, 48)), cfg, lr=1e-3, batch_size=8, seed=5) for _ in range(2))
+    a, b = (
+        fit(TINY, ns.subset(np.arange(32)), ns.subset(np.arange(32, 48)), cfg, lr=1e-3, batch_size=8, seed=5)
+        for _ in range(2)
+    )
     assert np.array_equal(a.val_prob, b.val_prob)
     assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
 
 
 def test_bf16_autocast_path_trains():
     ns = blob_set(n=40, side=40, seed=2)
-    r = fit(TINY, ns.subset(np.arange(32)), ns.subset(np.arange(32, 40)), TrainSection(epochs=1, precision="bf16"), lr=1e-3, batch_size=8)
+    r = fit(
+        TINY,
+        ns.subset(np.arange(32)),
+        ns.subset(np.arange(32, 40)),
+        TrainSection(epochs=1, precision="bf16"),
+        lr=1e-3,
+        batch_size=8,
+    )
     assert r.extra["bf16"] is True and math.isfinite(r.curve[0]["train_loss"])
 
 
 def test_diverging_loss_fails_with_a_reason():
     ns = blob_set(n=32, seed=3)
     with pytest.raises(TrainingDiverged, match="loss became nan|loss became inf"):
-        fit(TINY, ns.subset(np.arange(24)), ns.subset(np.arange(24, 32)), TrainSection(epochs=3, precision="fp32"), lr=1e30, batch_size=8)
+        fit(
+            TINY,
+            ns.subset(np.arange(24)),
+            ns.subset(np.arange(24, 32)),
+            TrainSection(epochs=3, precision="fp32"),
+            lr=1e30,
+            batch_size=8,
+        )
 
 
 def test_lr_schedule_is_constant_then_linear():

@@ -45,7 +45,7 @@ class Architecture:
             cbam_stem=bool(d["cbam_stem"]),
             cbam_stages=tuple(bool(c) for c in d["cbam_stages"]),
             margin=int(d["margin"]),
-            stem_width=int(d.get("stem_width", 4)),
+            stem_width=int(d.get("stem_width", cls.stem_width)),
         )
 
     def to_json(self) -> str:

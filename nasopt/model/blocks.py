@@ -63,20 +63,19 @@ class CBAM(nn.Module):
     Spatial attention: a k^3 convolution over the channel-wise max and mean maps, sigmoid.
     As in NAS-Lung's network: reduction 4, no biases, a 3^3 spatial kernel (a 7^3 one costs
     12x the FLOPs of the whole stem at 32^3 and gains nothing measurable here).
-    With ``record = True`` the last attention maps are kept in ``channel_map`` and
-    ``spatial_map`` for explanation.
+    It keeps no state: explanation reads the spatial map with a forward hook on ``spatial``
+    (see ``nasopt.attention``), so any number of networks can be explained in one process.
     """
 
     def __init__(self, channels: int, reduction: int = 4, spatial_kernel: int = 3) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
         self.mlp = nn.Sequential(
-            nn.Conv3d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True), nn.Conv3d(hidden, channels, 1, bias=False)
+            nn.Conv3d(channels, hidden, 1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(hidden, channels, 1, bias=False),
         )
         self.spatial = Conv3d(2, 1, spatial_kernel, padding=spatial_kernel // 2, bias=False)
-        self.record = False
-        self.channel_map: torch.Tensor | None = None
-        self.spatial_map: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Both pooled descriptors go through the shared MLP in one call (batch of 2B).
@@ -85,8 +84,4 @@ class CBAM(nn.Module):
         channel = torch.sigmoid(avg + mx)
         x = x * channel
         desc = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
-        spatial = torch.sigmoid(self.spatial(desc))
-        if self.record:
-            self.channel_map = channel.detach().flatten(1)
-            self.spatial_map = spatial.detach()[:, 0]
-        return x * spatial
+        return x * torch.sigmoid(self.spatial(desc))
