@@ -26,7 +26,8 @@ PLANES = ("axial", "coronal", "sagittal")
 def save(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG of exactly figsize x DPI pixels, atomically, and close it."""
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
+        # zlib level 1: 0.1 s less per attention figure than the default 6, for ~15% more bytes
+        fig.savefig(tmp, format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
     plt.close(fig)
     return Path(path)
 
