@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from nasopt import __version__
 from nasopt.atomic import atomic_write
 from nasopt.errors import DataError
+from nasopt.inference import set_layout
 from nasopt.model.architecture import Architecture
 from nasopt.model.network import ResCBAM3D, build_network
 
@@ -154,9 +155,15 @@ def read_checkpoint(
 
 
 def build_model(
-    header: CheckpointHeader, tensors: dict[str, torch.Tensor], prefix: str = "", where: str = ""
+    header: CheckpointHeader,
+    tensors: dict[str, torch.Tensor],
+    prefix: str = "",
+    where: str = "",
+    device: str | torch.device | None = None,
 ) -> ResCBAM3D:
-    """The network ``header`` describes, with its weights from ``tensors[prefix + name]``, in eval mode."""
+    """The network ``header`` describes, with its weights from ``tensors[prefix + name]``, in eval
+    mode on ``device`` (default: the tensors'), in the layout inference runs it in there, so
+    every rebuilt network computes exactly what training stored for it."""
     try:
         model = build_network(header.architecture)
     except (KeyError, TypeError, ValueError) as exc:
@@ -167,7 +174,10 @@ def build_model(
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise DataError(f"{where}: the tensors do not fit the header's architecture ({first})") from None
-    return model.to(next(iter(state.values())).device).eval()
+    device = torch.device(device) if device is not None else next(iter(state.values())).device
+    model = model.to(device).eval()
+    set_layout(model, "auto", device)
+    return model
 
 
 def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], header: CheckpointHeader) -> Path:

@@ -29,7 +29,7 @@ from nasopt.data.prepare import load_data
 from nasopt.data.splits import check_named_splits, outer_folds, study_sets
 from nasopt.errors import ConfigError, DataError, NasoptError
 from nasopt.evaluate import Scored, score
-from nasopt.inference import Member, predict_proba, set_layout
+from nasopt.inference import Member, predict_proba
 from nasopt.metrics import N_BOOT
 from nasopt.model import Architecture, build_network, count_params
 from nasopt.study import load_study, open_storage
@@ -328,8 +328,7 @@ def _train_and_predict(
         seed = plan.cfg.study.seed + (m.trial if m.trial is not None else i) + fold
         r = fit(m.arch, train, None, train_cfg, lr=m.lr, batch_size=m.batch_size, seed=seed, device=device)
         header = CheckpointHeader(arch=m.arch.to_dict(), norm=r.norm, input_size=train_cfg.input_size, metrics={})
-        net = build_model(header, r.state_dict, where=f"fold {fold} {m.name}").to(device)
-        set_layout(net, "auto", device)
+        net = build_model(header, r.state_dict, where=f"fold {fold} {m.name}", device=device)
         p = predict_proba(Member(net, r.norm), crops, train_cfg.input_size).cpu().numpy().astype(np.float64)
         prob += m.weight / total * p
     return prob

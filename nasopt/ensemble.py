@@ -96,7 +96,6 @@ def load_ensemble(path: str | Path, device: str | torch.device = "cpu") -> Ensem
     members = []
     for entry in header.members:
         network = build_model(entry.model, tensors, entry.prefix, where=f"{path} member {entry.prefix[:-1]}")
-        set_layout(network, "auto", device)
         members.append(Member(network, entry.model.norm))
     return Ensemble(members, [m.weight for m in header.members], header).eval()
 

@@ -108,21 +108,9 @@ def evaluate(path: str | Path, data_overrides: list[str] | None = None, seed: in
     ensemble = load_ensemble(path)
     test, notes = held_out_set(ensemble, data_overrides)
     prob, members = ensemble.predict(test.crops)
-    header = ensemble.header
-    rows = [score("ensemble", test.labels, prob, seed, params=sum(_params(ensemble)), weight=1.0)]
-    for i, entry in enumerate(header.members):
-        rows.append(
-            score(
-                f"trial {entry.model.trial}",
-                test.labels,
-                members[:, i],
-                seed,
-                params=_params(ensemble)[i],
-                weight=float(ensemble.weights[i]),
-            )
-        )
+    params = [count_params(m.network) for m in ensemble.members]
+    rows = [score("ensemble", test.labels, prob, seed, params=sum(params), weight=1.0)]
+    for i, entry in enumerate(ensemble.header.members):
+        name, weight = f"trial {entry.model.trial}", float(ensemble.weights[i])
+        rows.append(score(name, test.labels, members[:, i], seed, params=params[i], weight=weight))
     return Evaluation(Path(path), len(test), int(test.labels.sum()), rows, notes)
-
-
-def _params(ensemble: Ensemble) -> list[int]:
-    return [count_params(m.network) for m in ensemble.members]

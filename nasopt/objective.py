@@ -16,7 +16,7 @@ from nasopt.attention import example_rows
 from nasopt.checkpoint import CheckpointHeader, build_model, save_model
 from nasopt.config import StudyConfig
 from nasopt.data.noduleset import NoduleSet
-from nasopt.inference import Member, set_layout
+from nasopt.inference import Member
 from nasopt.model import Architecture, count_flops
 from nasopt.report import trial_note
 from nasopt.space import suggest
@@ -113,7 +113,6 @@ class Objective:
         phantom = " (LIDC phantom data)" if self.val.source == "phantom" else ""
         curve = figures.learning_curve(result.curve, f"{stem}-learning-curve.png", f"trial {number}{phantom}")
         network = build_model(header, result.state_dict)
-        set_layout(network, "auto", torch.device("cpu"))
         rows = example_rows(
             Member(network, header.norm),
             self.val.crops,

@@ -49,7 +49,6 @@ def test_fit_learns_a_separable_task_and_reports_everything():
             batch_size=16,
         )
         net = build_model(CheckpointHeader(arch=TINY.to_dict(), norm=r.norm, input_size=32, metrics={}), r.state_dict)
-        set_layout(net, "auto", torch.device("cpu"))
         prob = predict_proba(Member(net, r.norm), torch.from_numpy(val.crops), 32)
         assert np.array_equal(prob.numpy(), r.val_prob)
 
