@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -37,6 +37,25 @@ def atomic_write(path: str | Path) -> Iterator[str]:
         os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def file_lock(path: str | Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created, never deleted: deleting a lock file lets
+    two holders lock two different files). ``waiting`` is called once if another holder has it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the kernel releases it too when the process dies
 
 
 def _umask() -> int:

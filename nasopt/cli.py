@@ -116,37 +116,141 @@ def config_show(
     sys.stdout.write(key_table(cfg) if markdown else to_toml(cfg, origin))
 
 
+ArtifactsOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="NASOPT_ARTIFACTS",
+        help="Where a new study's artifacts go: a folder every host mounts, or s3://BUCKET (recorded on the study; "
+        "default: beside a SQLite or journal file, else ./storage/artifacts).",
+    ),
+]
+NTrialsOpt = Annotated[int | None, typer.Option(help="Trials this process runs.")]
+MaxTrialsOpt = Annotated[
+    int | None, typer.Option(help="Complete trials in the whole study, all workers: never exceeded.")
+]
+TimeoutOpt = Annotated[float | None, typer.Option(help="Seconds this process runs (no trial starts after).")]
+SamplerOpt = Annotated[str | None, typer.Option(help="nsga2, nsga3, tpe or random (else the study file's).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Sampler seed (else the study file's); plus the worker index.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for this process.")]
+IndexOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="This worker's number, added to the sampler seed (else $SLURM_ARRAY_TASK_ID, else "
+        "$JOB_COMPLETION_INDEX, else a random seed)."
+    ),
+]
+HeartbeatOpt = Annotated[
+    float,
+    typer.Option(
+        min=1, help="Seconds between a running trial's heartbeats; a trial 3 beats late is failed and retried."
+    ),
+]
+
+
+def _run_worker(
+    study: str,
+    config: Path | None,
+    set_: list[str] | None,
+    storage: str | None,
+    artifacts: str | None,
+    n_trials: int | None,
+    max_trials: int | None,
+    timeout: float | None,
+    sampler: str | None,
+    device: str,
+    seed: int | None,
+    threads: int | None,
+    worker_index: int | None,
+    heartbeat: float,
+):
+    """The worker loop behind `worker` and `search`; returns the study."""
+    if sampler is not None and sampler not in SAMPLERS:
+        raise NasoptError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    cfg = load_config(config, list(set_ or []))  # before the heavy imports: bad input fails fast
+    from nasopt.worker import Budget, Stopped, run_search
+    from nasopt.worker import worker_index as resolve_index
+
+    try:
+        return run_search(
+            study, cfg, storage, Budget(n_trials, max_trials, timeout), sampler, device, seed, threads, console,
+            resolve_index(worker_index), artifacts, heartbeat,
+        )  # fmt: skip
+    except Stopped:
+        console.print("stopped by SIGTERM; the study resumes when a worker runs again")
+        raise typer.Exit(143) from None
+
+
+@app.command()
+def worker(
+    study: Annotated[str, typer.Option(help="Study name (created, or joined when it exists).")] = "nasopt",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    device: DeviceOpt = "auto",
+    max_trials: MaxTrialsOpt = None,
+    n_trials: NTrialsOpt = None,
+    timeout: TimeoutOpt = None,
+    heartbeat: HeartbeatOpt = 60.0,
+    worker_index: IndexOpt = None,
+    sampler: SamplerOpt = None,
+    seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """One search worker: join (or create) a study and train trials until its budget is spent.
+
+    Run any number, on any hosts, against one --storage. SIGTERM fails the running trial with
+    reason "stopped", queues it again and exits with status 143.
+    """
+    _run_worker(study, config, set_, storage, artifacts, n_trials, max_trials, timeout, sampler, device, seed,
+                threads, worker_index, heartbeat)  # fmt: skip
+
+
 @app.command()
 def search(
     study: Annotated[str, typer.Option(help="Study name (created, or resumed when it exists).")] = "nasopt",
     config: ConfigOpt = None,
-    storage: StorageOpt = None,
-    n_trials: Annotated[int | None, typer.Option(help="Trials this process runs.")] = None,
-    max_trials: Annotated[int | None, typer.Option(help="Complete trials in the whole study, all workers.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds this process runs.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="nsga2, nsga3, tpe or random (else the study file's).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    seed: Annotated[int | None, typer.Option(help="Sampler seed (else the study file's).")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for this process.")] = None,
-    worker_index: Annotated[
-        int, typer.Option(help="Offsets the sampler seed so concurrent workers explore apart (set by launch).")
-    ] = 0,
     set_: SetOpt = None,
-    front: Annotated[bool, typer.Option(help="Print the Pareto front at the end (launch prints it once).")] = True,
+    storage: StorageOpt = None,
+    artifacts: ArtifactsOpt = None,
+    n_trials: NTrialsOpt = None,
+    max_trials: MaxTrialsOpt = None,
+    timeout: TimeoutOpt = None,
+    sampler: SamplerOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
+    worker_index: IndexOpt = None,
+    heartbeat: HeartbeatOpt = 60.0,
+    front: Annotated[bool, typer.Option(help="Print the Pareto front at the end.")] = True,
 ) -> None:
-    """Run (or resume) a search and print its Pareto front."""
-    if sampler is not None and sampler not in SAMPLERS:
-        raise NasoptError(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    cfg = load_config(config, list(set_ or []))  # before the heavy imports: bad input fails fast
+    """Run (or resume) a search in this process and print its Pareto front (`worker`, then `front`)."""
     from nasopt.report import pareto_table
-    from nasopt.worker import Budget, run_search
 
-    seed = (cfg.study.seed if seed is None else seed) + worker_index
-    result = run_search(
-        study, cfg, storage, Budget(n_trials, max_trials, timeout), sampler, device, seed, threads, console
-    )
+    result = _run_worker(study, config, set_, storage, artifacts, n_trials, max_trials, timeout, sampler, device,
+                         seed, threads, worker_index, heartbeat)  # fmt: skip
     if front:
         console.print(pareto_table(result))
+
+
+@app.command("storage-proxy")
+def storage_proxy(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 serves other machines.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 13000,
+) -> None:
+    """Serve a study database to workers through Optuna's gRPC storage proxy (--storage grpc://HOST:PORT).
+
+    Workers then need no database driver or credentials, and the proxy caches what they read.
+    """
+    from optuna.storages import run_grpc_proxy_server
+
+    from nasopt.study import open_storage, redact, storage_url
+
+    backend = open_storage(storage, heartbeat=None)
+    console.print(f"storage proxy on {host}:{port} for {redact(storage_url(storage))} (Ctrl-C stops it)")
+    run_grpc_proxy_server(backend, host=host, port=port)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -172,6 +276,9 @@ def launch(
 @app.command()
 def dashboard(
     storage: StorageOpt = None,
+    study: Annotated[
+        str | None, typer.Option(help="Serve this study's artifacts (needed when studies keep them apart).")
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on; 0.0.0.0 serves other machines, unauthenticated.")
     ] = "127.0.0.1",
@@ -180,9 +287,10 @@ def dashboard(
     """Serve optuna-dashboard on the study storage, with the trials' artifacts."""
     from optuna_dashboard import run_server
 
-    from nasopt.study import open_artifact_store, open_storage, redact
+    from nasopt.study import dashboard_artifacts, open_storage, redact, storage_url
 
-    store = open_storage(storage, heartbeat=False, create=False)
+    store = open_storage(storage, heartbeat=None, create=False)
+    artifacts = dashboard_artifacts(store, storage_url(storage), study)
     if host not in ("127.0.0.1", "localhost", "::1"):
         Console(stderr=True).print(
             f"warning: optuna-dashboard has no authentication; anyone who can reach {host}:{port} can read and "
@@ -190,8 +298,8 @@ def dashboard(
             highlight=False,
             soft_wrap=True,
         )
-    console.print(f"optuna-dashboard on http://{host}:{port}/ for {redact(store.url)} (Ctrl-C stops it)")
-    run_server(store, host=host, port=port, artifact_store=open_artifact_store(store.url))
+    console.print(f"optuna-dashboard on http://{host}:{port}/ for {redact(storage_url(storage))} (Ctrl-C stops it)")
+    run_server(store, host=host, port=port, artifact_store=artifacts)
 
 
 @app.command()
@@ -200,7 +308,7 @@ def front(study: Annotated[str, typer.Option(help="Study name.")] = "nasopt", st
     from nasopt.report import pareto_table
     from nasopt.study import load_study, open_storage
 
-    console.print(pareto_table(load_study(study, open_storage(storage, heartbeat=False, create=False))[0]))
+    console.print(pareto_table(load_study(study, open_storage(storage, heartbeat=None, create=False))[0]))
 
 
 @app.command()

@@ -172,7 +172,7 @@ def _planned(r: TrialRecord, weight: float, space: SpaceSection) -> Planned:
 def plan_study(name: str, storage: str | None, trial: int | None = None) -> Plan:
     """One trial of a study: ``trial``, else the Pareto-front trial with the best validation AUC
     (ties: fewer parameters)."""
-    study, cfg = load_study(name, open_storage(storage, heartbeat=False, create=False))
+    study, cfg = load_study(name, open_storage(storage, heartbeat=None, create=False))
     if trial is None:
         front = [TrialRecord.from_trial(t) for t in study.best_trials]
         if not front:
@@ -248,7 +248,7 @@ def plan_ensemble(path: str | Path, storage: str | None) -> Plan:
 def _find_study(name: str, storage: str | None) -> tuple[StudyConfig | None, dict[int, TrialRecord], str]:
     """(config, complete trials' records, "") of study ``name``, or (None, {}, why not)."""
     try:
-        study, cfg = load_study(name, open_storage(storage, heartbeat=False, create=False))
+        study, cfg = load_study(name, open_storage(storage, heartbeat=None, create=False))
     except NasoptError as exc:
         return None, {}, f"study {name!r} is not reachable ({exc})"
     records = {}

@@ -27,7 +27,7 @@ from nasopt.data.prepare import load_data
 from nasopt.data.splits import study_sets
 from nasopt.ensemble import save_ensemble
 from nasopt.errors import ConfigError, DataError
-from nasopt.study import artifact_root, load_study, open_artifact_store, open_storage
+from nasopt.study import artifact_location, load_study, open_storage, study_artifacts
 from nasopt.trial_record import TrialRecord, read_predictions
 
 
@@ -75,7 +75,7 @@ def export_study(
         raise ConfigError(f"--select {rule!r}: choose greedy, pareto or topk")
     if metric not in ("auc", "accuracy"):
         raise ConfigError(f"--metric {metric!r}: choose auc or accuracy")
-    storage = open_storage(storage_url, heartbeat=False, create=False)
+    storage = open_storage(storage_url, heartbeat=None, create=False)
     study, cfg = load_study(study_name, storage)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not trials:
@@ -86,8 +86,8 @@ def export_study(
         smallest = min(r.params for r in records.values())
         raise ConfigError(f"--max-params {max_params:,}: no trial fits (the smallest has {smallest:,} parameters)")
 
-    store = open_artifact_store(storage.url)
-    where = str(artifact_root(storage.url).resolve())
+    store = study_artifacts(study, storage_url)
+    where = artifact_location(study, storage_url)
     with tempfile.TemporaryDirectory() as tmp:
         cands, labels, nodules = [], None, None
         for r in fitting:

@@ -1,10 +1,10 @@
 """Local launcher: several search workers on one machine, sharing one study.
 
-Each worker is a ``nasopt search`` process with its own sampler seed, its share of the CPU
-threads and, on a GPU machine, a GPU (round robin, so several workers share a GPU when there
-are more workers than GPUs). Worker 0 starts first and prepares the data; the others start once
-it is training, so a missing cache is built once. The workers print no Pareto front; the
-``launch`` command prints it once, when all have finished.
+Each worker is a ``nasopt worker`` process with its index (and so its sampler seed), its share
+of the CPU threads and, on a GPU machine, a GPU (round robin, so several workers share a GPU
+when there are more workers than GPUs). All start at once: a missing data cache is prepared by
+one of them under a lock while the others wait for it. The ``launch`` command prints the Pareto
+front once, when all have finished; a worker that fails is reported with its exit status.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ import sys
 import threading
 from collections.abc import Sequence
 
-READY = "held out"  # the line a worker prints once its data is loaded and split
-
 
 def worker_commands(n: int, args: Sequence[str], cpus: int, gpus: int) -> list[list[str]]:
     """The command line of each of ``n`` workers for ``nasopt search`` arguments ``args``."""
     cmds = []
     for i in range(n):
-        cmd = [sys.executable, "-m", "nasopt", "search", *args, "--worker-index", str(i), "--no-front"]
+        cmd = [sys.executable, "-m", "nasopt", "worker", *args, "--worker-index", str(i)]
         if option_value(args, "--threads") is None:
             cmd += ["--threads", str(max(1, cpus // n))]
         if option_value(args, "--device") is None and gpus:
@@ -43,43 +41,28 @@ def option_value(args: Sequence[str], name: str, default: str | None = None) -> 
     return default
 
 
-def _pump(i: int, proc: subprocess.Popen, ready: threading.Event | None) -> None:
+def _pump(i: int, proc: subprocess.Popen) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         sys.stdout.write(f"[w{i}] {line}")
         sys.stdout.flush()
-        if ready is not None and READY in line:
-            ready.set()
-    if ready is not None:
-        ready.set()  # also on exit: the launcher then sees the exit code
 
 
 def launch(n: int, args: Sequence[str], gpus: int = 0) -> int:
     """Run ``n`` workers to completion; returns the first non-zero exit status, else 0."""
     cmds = worker_commands(n, list(args), os.cpu_count() or 1, gpus)
-    # Workers write to a pipe: unbuffered (the launcher waits for a line), terminal width less the prefix.
+    # Workers write to a pipe: unbuffered (lines arrive as printed), terminal width less the prefix.
     env = dict(os.environ, COLUMNS=str(max(60, shutil.get_terminal_size().columns - 5)), PYTHONUNBUFFERED="1")
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
-
-    def start(i: int, ready: threading.Event | None = None) -> None:
-        proc = subprocess.Popen(
-            cmds[i], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
-        )
-        procs.append(proc)
-        pump = threading.Thread(target=_pump, args=(i, proc, ready), daemon=True)
-        pump.start()
-        pumps.append(pump)
-
     try:
-        ready = threading.Event()
-        start(0, ready)
-        ready.wait()
-        if procs[0].poll() not in (None, 0):
-            pumps[0].join()
-            return procs[0].returncode
-        for i in range(1, n):
-            start(i)
+        for i, cmd in enumerate(cmds):
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
+            )
+            procs.append(proc)
+            pumps.append(threading.Thread(target=_pump, args=(i, proc), daemon=True))
+            pumps[-1].start()
         codes = [p.wait() for p in procs]
         for pump in pumps:
             pump.join()
@@ -89,4 +72,7 @@ def launch(n: int, args: Sequence[str], gpus: int = 0) -> int:
         for p in procs:
             p.wait()
         raise
+    for i, code in enumerate(codes):
+        if code:
+            print(f"[w{i}] exited with status {code}", file=sys.stderr, flush=True)
     return next((c for c in codes if c), 0)

@@ -145,7 +145,7 @@ def write_report(study_name: str, storage: str | None, out: str | Path) -> Path:
     from nasopt import figures  # matplotlib: only the report needs it
     from nasopt.study import load_study, open_storage
 
-    study, cfg = load_study(study_name, open_storage(storage, heartbeat=False, create=False))
+    study, cfg = load_study(study_name, open_storage(storage, heartbeat=None, create=False))
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.datetime_complete)
     if not trials:
         raise DataError(f"study {study_name!r} has no complete trial to report; run `nasopt search` first")

@@ -1,24 +1,38 @@
-"""Storage URLs, samplers, study creation and loading.
+"""Storage URLs, samplers, study creation and loading, and where a study's artifacts live.
 
-One study lives in one relational database that every worker shares. The default is a SQLite
-file under ``storage/`` (WAL journal, busy timeout) for one host; PostgreSQL or MySQL URLs work
-through the same Optuna RDB storage for a cluster. Passwords never reach logs or errors.
+One study lives in one storage that every worker shares, chosen by the URL's scheme:
+
+* ``sqlite:///``, ``postgresql+psycopg://``, ``mysql+...``: Optuna's RDB storage (SQLite in WAL
+  mode with a busy timeout for one host; a server database for a cluster). Connections are
+  pre-pinged and every call is retried with backoff on transient database errors, so a database
+  restart costs the workers a pause. Heartbeats mark a dead worker's trial failed and retry it.
+* ``grpc://host:port``: Optuna's ``GrpcStorageProxy`` in front of a database served by
+  ``nasopt storage-proxy``.
+* ``journal:///path/file``: Optuna's ``JournalFileBackend``, for a shared file system without a
+  database. Like ``sqlite:///``, three slashes start a relative path and four an absolute one.
+
+Passwords never reach logs or errors.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 import sqlite3
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
-from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+from optuna.exceptions import StorageInternalError
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sqlalchemy.engine import make_url
 
 from nasopt.config import StudyConfig, config_from_json
@@ -28,12 +42,19 @@ DEFAULT_STORAGE = "sqlite:///storage/nasopt.db"
 DIRECTIONS = {"val_accuracy": "maximize", "val_auc": "maximize", "params": "minimize", "flops": "minimize"}
 CONFIG_ATTR = "nasopt_config"
 FINGERPRINT_ATTR = "nasopt_config_fingerprint"
+ARTIFACTS_ATTR = "nasopt_artifacts"
+#: Seconds between a running trial's heartbeats; a trial is stale (failed, retried) after 3 missed.
+HEARTBEAT = 60.0
+#: Failed trials (a dead worker's, a stopped one) are retried this many times with the same parameters.
+MAX_RETRY = 1
+#: Transient database errors are retried with backoff 0.5, 1, 2, ... s, capped, for about this long.
+RETRY_SECONDS = 120.0
 
 
 @contextmanager
-def _quiet_experimental() -> Iterator[None]:
-    """Optuna flags heartbeats, NSGA-III and metric names as experimental; nasopt relies on them
-    knowingly, and the warnings would break the one-line output of the CLI."""
+def quiet_experimental() -> Iterator[None]:
+    """Optuna flags heartbeats, NSGA-III, the gRPC proxy and metric names as experimental; nasopt
+    relies on them knowingly, and the warnings would break the one-line output of the CLI."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
@@ -44,6 +65,12 @@ def storage_url(url: str | None = None) -> str:
     return url or os.environ.get("NASOPT_STORAGE") or DEFAULT_STORAGE
 
 
+def scheme(url: str) -> str:
+    """``sqlite``, ``postgresql``, ``mysql``, ``grpc`` or ``journal`` (the URL's backend)."""
+    head = url.split("://", 1)[0] if "://" in url else ""
+    return head.split("+", 1)[0]
+
+
 def redact(url: str) -> str:
     """The URL with any password replaced by ``***``."""
     try:
@@ -52,24 +79,14 @@ def redact(url: str) -> str:
         return "<unparseable storage URL>"
 
 
-def artifact_root(url: str) -> Path:
-    """Where trial artifacts go: ``$NASOPT_ARTIFACTS`` (a folder all workers share), else beside
-    a SQLite database (``storage/artifacts``), else ``storage/artifacts``."""
-    env = os.environ.get("NASOPT_ARTIFACTS")
-    if env:
-        root = Path(env)
-    else:
-        parsed = make_url(url)
-        db = parsed.database if parsed.get_backend_name() == "sqlite" else None
-        root = Path(db).parent / "artifacts" if db and db != ":memory:" else Path("storage/artifacts")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def open_artifact_store(url: str | None = None) -> FileSystemArtifactStore:
-    """The artifact store of the studies behind storage ``url``: where workers upload trial
-    artifacts and where export and the dashboard fetch them (with Optuna's ``download_artifact``)."""
-    return FileSystemArtifactStore(str(artifact_root(storage_url(url))))
+def storage_file(url: str) -> Path | None:
+    """The file behind a SQLite or journal URL; ``None`` for server storages."""
+    if scheme(url) == "journal":
+        return Path(url[len("journal:///") :]) if url.startswith("journal:///") else None
+    if scheme(url) == "sqlite":
+        db = make_url(url).database
+        return Path(db) if db and db != ":memory:" else None
+    return None
 
 
 def _scrub(text: str, url: str) -> str:
@@ -80,38 +97,123 @@ def _scrub(text: str, url: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-def open_storage(url: str | None = None, heartbeat: bool = True, create: bool = True) -> RDBStorage:
-    """Open (creating tables if needed) the RDB storage behind ``url``.
+def open_storage(url: str | None = None, heartbeat: float | None = HEARTBEAT, create: bool = True) -> BaseStorage:
+    """Open the storage behind ``url`` (creating a database's tables if needed).
 
-    Heartbeats let a crashed worker's trials be marked failed and retried once by another.
-    Commands that only read a study pass ``create=False``: a missing SQLite file is then an
-    error instead of a new empty database left behind.
+    ``heartbeat`` is the seconds between a running trial's heartbeats (RDB storages only; ``None``
+    for commands that only read). Reading commands pass ``create=False``: a missing SQLite or
+    journal file is then an error instead of a new empty one left behind.
     """
     url = storage_url(url)
+    kind = scheme(url)
     try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise StorageError(
-            f"storage URL {redact(url)!r} is not a database URL; expected e.g. {DEFAULT_STORAGE} "
-            "or postgresql+psycopg://user@host/db"
-        ) from None
-    if parsed.get_backend_name() == "sqlite":
-        engine_kwargs = _prepare_sqlite(parsed, create)
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
-    kwargs: dict[str, Any] = {}
-    try:
-        with _quiet_experimental():
+        with quiet_experimental():
+            if kind == "grpc":
+                return _open_grpc(url)
+            if kind == "journal":
+                return _open_journal(url, create)
+            try:
+                parsed = make_url(url)
+            except sqlalchemy.exc.ArgumentError:
+                raise StorageError(
+                    f"storage URL {redact(url)!r} is not a storage URL; expected e.g. {DEFAULT_STORAGE}, "
+                    "postgresql+psycopg://user@host/db, grpc://host:port or journal:///path/file"
+                ) from None
+            engine_kwargs = _prepare_sqlite(parsed, create) if kind == "sqlite" else {"pool_pre_ping": True}
+            kwargs: dict[str, Any] = {}
             if heartbeat:
                 kwargs = {
-                    "heartbeat_interval": 60,
-                    "grace_period": 180,
-                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1),
+                    "heartbeat_interval": max(1, round(heartbeat)),
+                    "grace_period": max(2, round(3 * heartbeat)),
+                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
                 }
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            for attempt in range(3):
+                try:
+                    return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+                except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                    # Workers that start together on a fresh database race to create its tables;
+                    # the losers find them made on a second look.
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.5 + random.random())
+    except StorageError:
+        raise
     except Exception as exc:  # drivers raise many types; all mean "cannot use this storage"
         reason = _scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
         raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+
+
+def _open_grpc(url: str) -> BaseStorage:
+    from optuna.storages import GrpcStorageProxy
+
+    parsed = make_url(url)
+    if not parsed.host or not parsed.port:
+        raise StorageError(f"storage URL {url!r}: expected grpc://host:port (a `nasopt storage-proxy`)")
+    proxy = GrpcStorageProxy(host=parsed.host, port=parsed.port)
+    try:
+        proxy.get_all_studies()  # a missing server fails here, in one line, not in the first trial
+    except Exception:
+        raise StorageError(
+            f"no storage proxy answers at {parsed.host}:{parsed.port}; start one with "
+            f"`nasopt storage-proxy --storage DATABASE_URL --port {parsed.port}` on {parsed.host}"
+        ) from None
+    return proxy
+
+
+def _open_journal(url: str, create: bool) -> BaseStorage:
+    path = storage_file(url)
+    if path is None or not path.name:
+        raise StorageError(f"storage URL {url!r}: expected journal:///relative/file or journal:////absolute/file")
+    if not create and not path.is_file():
+        raise StorageError(
+            f"no study journal at {path}; run `nasopt search` with this storage first, or pass --storage"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    except OSError as exc:
+        raise StorageError(f"cannot open journal storage {path}: {exc.strerror or exc}") from None
+
+
+def _transient(exc: BaseException) -> bool:
+    """A lost connection or a restarting server, as opposed to a bad statement."""
+    cause = exc.__cause__ if isinstance(exc, StorageInternalError) else exc
+    return isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+        isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
+    )
+
+
+def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + RETRY_SECONDS, 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
+                if not _transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                # Jitter keeps many workers from reconnecting in lockstep after a restart.
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(2 * delay, 8.0)
+
+    return call
+
+
+class ResilientRDBStorage(RDBStorage):
+    """Optuna's RDB storage whose calls survive a database restart: pre-pinged connections, and
+    each call retried with exponential backoff on transient errors for up to ``RETRY_SECONDS``.
+
+    A call that failed after its commit reached the database would be applied twice when
+    retried; every call Optuna makes here either is idempotent or fails before the commit when
+    the connection is gone, which is what a restart does.
+    """
+
+
+# Every storage call Optuna makes, the heartbeat's included, goes through the retry.
+for _name, _method in vars(RDBStorage).items():
+    if callable(_method) and (not _name.startswith("_") or _name == "_get_stale_trial_ids"):
+        setattr(ResilientRDBStorage, _name, _retrying(_method))
 
 
 def _prepare_sqlite(parsed: sqlalchemy.URL, create: bool = True) -> dict[str, Any]:
@@ -131,13 +233,66 @@ def _prepare_sqlite(parsed: sqlalchemy.URL, create: bool = True) -> dict[str, An
     return {"connect_args": {"timeout": 60}}
 
 
+def default_artifacts(url: str) -> str:
+    """Beside a SQLite or journal file (``artifacts``, relative to its folder: the two move
+    together); for a server storage an absolute ``storage/artifacts`` under this folder."""
+    return "artifacts" if storage_file(url) is not None else str(Path("storage/artifacts").resolve())
+
+
+def resolve_artifacts(location: str, url: str) -> str:
+    """A recorded location as this host reads it: relative ones are relative to the storage file."""
+    if location.startswith("s3://") or Path(location).is_absolute():
+        return location
+    file = storage_file(url)
+    return str((file.parent if file is not None else Path.cwd()) / location)
+
+
+def open_artifact_store(where: str, create: bool = False) -> FileSystemArtifactStore | Boto3ArtifactStore:
+    """The artifact store at ``where`` (a folder, or ``s3://bucket``; see :func:`resolve_artifacts`)."""
+    if where.startswith("s3://"):
+        bucket, _, prefix = where[len("s3://") :].partition("/")
+        if prefix:
+            raise ConfigError(
+                f"--artifacts {where}: Optuna's Boto3ArtifactStore takes a bucket, s3://BUCKET, no prefix"
+            )
+        try:
+            return Boto3ArtifactStore(bucket)
+        except ImportError:
+            raise StorageError(f"artifacts at {where} need boto3: pip install boto3") from None
+    path = Path(where)
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the artifact folder {path}: {exc.strerror or exc}") from None
+    elif not path.is_dir():
+        raise StorageError(
+            f"this study's artifacts are in {path}, which this host cannot reach; mount that folder here"
+        )
+    return FileSystemArtifactStore(str(path))
+
+
+def artifact_location(study: optuna.Study, url: str | None = None) -> str:
+    """Where ``study``'s artifacts are, as this host reads it (the default location for studies
+    made before it was recorded)."""
+    url = storage_url(url)
+    return resolve_artifacts(study.user_attrs.get(ARTIFACTS_ATTR) or default_artifacts(url), url)
+
+
+def study_artifacts(
+    study: optuna.Study, url: str | None = None, create: bool = False
+) -> FileSystemArtifactStore | Boto3ArtifactStore:
+    """The artifact store recorded on ``study``."""
+    return open_artifact_store(artifact_location(study, url), create)
+
+
 def make_sampler(name: str, cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
     seed = cfg.study.seed if seed is None else seed
     pop = cfg.study.population_size
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
     if name == "nsga3":
-        with _quiet_experimental():
+        with quiet_experimental():
             return optuna.samplers.NSGAIIISampler(population_size=pop, seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(multivariate=True, seed=seed)
@@ -147,9 +302,18 @@ def make_sampler(name: str, cfg: StudyConfig, seed: int | None = None) -> optuna
 
 
 def create_or_load(
-    name: str, cfg: StudyConfig, storage: RDBStorage, sampler: optuna.samplers.BaseSampler
+    name: str,
+    cfg: StudyConfig,
+    storage: BaseStorage,
+    sampler: optuna.samplers.BaseSampler,
+    url: str | None = None,
+    artifacts: str | None = None,
 ) -> optuna.Study:
-    """Create the study, or load it when it exists; the config must match the one it was made with."""
+    """Create the study, or load it when it exists; the config must match the one it was made with.
+
+    A new study records where its artifacts go (``artifacts``, else :func:`default_artifacts`),
+    so every reader on any host finds them without a flag.
+    """
     directions = [DIRECTIONS[o] for o in cfg.study.objectives]
     try:
         study = optuna.create_study(
@@ -159,19 +323,45 @@ def create_or_load(
         raise ConfigError(f"study {name!r}: {exc}") from None
     stored = study.user_attrs.get(FINGERPRINT_ATTR)
     if stored is None:
-        with _quiet_experimental():
+        with quiet_experimental():
             study.set_metric_names(list(cfg.study.objectives))
         study.set_user_attr(CONFIG_ATTR, cfg.model_dump_json())
         study.set_user_attr(FINGERPRINT_ATTR, cfg.fingerprint())
+        location = default_artifacts(storage_url(url)) if artifacts is None else _absolute(artifacts)
+        study.set_user_attr(ARTIFACTS_ATTR, location)
     elif stored != cfg.fingerprint():
         raise ConfigError(
             f"study {name!r} was created with a different configuration; run it with the same study "
             "file and --set values, or pick a new --study name"
         )
+    elif artifacts is not None and (recorded := study.user_attrs.get(ARTIFACTS_ATTR)) != _absolute(artifacts):
+        raise ConfigError(
+            f"--artifacts {artifacts}: study {name!r} keeps its artifacts in {recorded}; drop --artifacts"
+        )
     return study
 
 
-def load_study(name: str, storage: RDBStorage) -> tuple[optuna.Study, StudyConfig]:
+def _absolute(location: str) -> str:
+    return location if location.startswith("s3://") else str(Path(location).resolve())
+
+
+def dashboard_artifacts(
+    storage: BaseStorage, url: str, name: str | None = None
+) -> FileSystemArtifactStore | Boto3ArtifactStore:
+    """The one artifact store of the studies in ``storage`` (or of study ``name``), for the dashboard."""
+    studies = [s for s in storage.get_all_studies() if name is None or s.study_name == name]
+    if name is not None and not studies:
+        raise ConfigError(f"--study {name}: no such study in {redact(url)}")
+    where = {resolve_artifacts(s.user_attrs.get(ARTIFACTS_ATTR) or default_artifacts(url), url) for s in studies}
+    if len(where) > 1:
+        raise ConfigError(
+            f"the studies here keep their artifacts apart ({', '.join(sorted(where))}); pick one: --study"
+        )
+    location = where.pop() if where else resolve_artifacts(default_artifacts(url), url)
+    return open_artifact_store(location, create=not studies)
+
+
+def load_study(name: str, storage: BaseStorage) -> tuple[optuna.Study, StudyConfig]:
     """An existing study and the config it was created with."""
     try:
         study = optuna.load_study(study_name=name, storage=storage)

@@ -31,7 +31,8 @@ class Key(StrEnum):
     SAMPLES_PER_S = "train_samples_per_s"
     NORM = "norm"  # (mean, std) of the training HU the network was normalised with
     DEVICE = "device"
-    FAIL_REASON = "fail_reason"
+    FAIL_REASON = "fail_reason"  # why a FAIL trial failed ("stopped": SIGTERM, retried)
+    WORKER = "worker"  # {"host", "pid", "index"} of the worker that ran it
     WEIGHTS = "artifact_weights"  # artifact id of the safetensors checkpoint
     VAL_PREDICTIONS = "artifact_val_predictions"  # artifact id of the validation predictions JSON
     CURVE_PNG = "artifact_curve_png"  # artifact id of the learning-curve figure

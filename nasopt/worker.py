@@ -1,19 +1,38 @@
 """The worker loop: load the data and the study, then ask-train-tell until a budget runs out.
 
-Any number of workers, on any hosts, may run this loop against one storage: Optuna's RDB
-storage hands each trial to one worker, and the study-wide budget counts complete trials of
-every worker.
+Any number of workers, on any hosts, may run this loop against one storage. Each trial is
+handed to one worker by the storage, and records that worker (host, process id, index).
+
+The study-wide budget (``max_trials``) is exact, whatever the number of workers: a trial runs
+only if fewer than ``max_trials`` trials numbered below it are complete, running or waiting.
+Trial numbers are given out in order by the storage, so of trials created at the same moment
+only the ones the budget has room for run; the others end failed with the reason "budget
+reached" before training. A worker starts a trial only while complete plus running trials are
+below the budget, and otherwise waits: a running trial of a dead worker becomes failed after its
+heartbeat's grace period, and its retry then needs a worker (without heartbeats it exits).
+
+SIGTERM, as Slurm and Kubernetes send it, fails the running trial with reason "stopped",
+queues a retry of it with the same parameters, and ends the worker (exit status 143).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 import torch
-from optuna.study import MaxTrialsCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import Progress
@@ -22,9 +41,26 @@ from nasopt.config import StudyConfig
 from nasopt.data.prepare import load_data
 from nasopt.data.splits import study_sets
 from nasopt.objective import Objective
-from nasopt.study import completed_count, create_or_load, make_sampler, open_artifact_store, open_storage
+from nasopt.study import (
+    HEARTBEAT,
+    artifact_location,
+    create_or_load,
+    make_sampler,
+    open_storage,
+    quiet_experimental,
+    redact,
+    storage_url,
+    study_artifacts,
+)
 from nasopt.train import TrainingDiverged, resolve_device
 from nasopt.trial_record import Key, val_key
+
+#: Environment variables that number the workers of a job, in the order they are tried.
+INDEX_VARIABLES = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")  # Slurm array, Kubernetes Indexed Job
+#: Seconds between looks at the study while it waits for other workers' running trials.
+POLL = 2.0
+STOPPED = "stopped"
+LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
 
 
 @dataclass
@@ -34,29 +70,110 @@ class Budget:
     timeout: float | None = None  # seconds this process runs
 
 
+class Stopped(Exception):
+    """SIGTERM arrived: the running trial fails with reason "stopped" and is retried."""
+
+
+class OverBudget(Exception):
+    """The trial was created when the study's budget was already taken by earlier trials."""
+
+
 class _NoTracebackForExpectedFailures(logging.Filter):
-    """A diverged or interrupted trial gets nasopt's own one-line report, not Optuna's traceback."""
+    """Diverged, interrupted, stopped or over-budget trials get nasopt's own one-line report."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, (TrainingDiverged, KeyboardInterrupt))
+        return not isinstance(error, (TrainingDiverged, KeyboardInterrupt, Stopped, OverBudget))
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_NoTracebackForExpectedFailures())
 
 
+def worker_index(flag: int | None = None) -> int | None:
+    """``--worker-index``, else the job's array index from the environment, else ``None``."""
+    if flag is not None:
+        return flag
+    for name in INDEX_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def over_budget(trials: list[FrozenTrial], number: int, max_trials: int) -> bool:
+    """Whether trial ``number`` must not run: ``max_trials`` trials numbered below it are (or may
+    become) complete. Pure, so it is tested on hand-made trial lists."""
+    return sum(1 for t in trials if t.number < number and t.state in LIVE) >= max_trials
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    complete = sum(1 for t in trials if t.state == TrialState.COMPLETE)
+    return complete, len(trials) - complete
+
+
+def _room(study: optuna.Study, max_trials: int, heartbeat: bool, guard: _SigtermGuard) -> bool:
+    """Wait until the study has room for a trial (``True``) or its budget is met (``False``)."""
+    while True:
+        if heartbeat:
+            with quiet_experimental():
+                fail_stale_trials(study)  # a dead worker's trial fails and is queued for a retry
+        complete, running = _counts(study)
+        if complete >= max_trials:
+            return False
+        if complete + running < max_trials:
+            return True
+        if not heartbeat:  # nothing would ever fail a dead worker's trial: do not wait for it
+            return False
+        with guard.interruptible():
+            time.sleep(POLL)
+
+
+class _SigtermGuard:
+    """Turns SIGTERM into :class:`Stopped`, raised only where it is safe: while data loads or a
+    trial trains, never inside a storage call (elsewhere it is raised at the next safe point)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.safe = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self.safe:
+            self.safe = False
+            raise Stopped()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = signal.signal(signal.SIGTERM, self._handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        if self.requested:
+            raise Stopped()
+        self.safe = True
+        try:
+            yield
+        finally:
+            self.safe = False
+        if self.requested:
+            raise Stopped()
+
+
 def _report(console: Console):
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        a = trial.user_attrs
         if trial.state == TrialState.COMPLETE:
-            a = trial.user_attrs
             console.print(
                 f"trial {trial.number:>3}  val acc {a[val_key('accuracy')]:.3f}  AUC {a[val_key('auc')]:.3f}  "
                 f"params {a[Key.PARAMS]:>10,}  {a[Key.TRAIN_SECONDS]:6.1f} s  {a[Key.ARCH_SUMMARY]}"
             )
         elif trial.state == TrialState.FAIL:
-            console.print(
-                f"trial {trial.number:>3}  failed: {trial.user_attrs.get(Key.FAIL_REASON, 'see the log above')}"
-            )
+            console.print(f"trial {trial.number:>3}  failed: {a.get(Key.FAIL_REASON) or 'see the log above'}")
 
     return callback
 
@@ -64,58 +181,120 @@ def _report(console: Console):
 def run_search(
     study_name: str,
     cfg: StudyConfig,
-    storage_url: str | None,
+    url: str | None,
     budget: Budget,
     sampler_name: str | None = None,
     device: str = "auto",
     seed: int | None = None,
     threads: int | None = None,
     console: Console | None = None,
+    index: int | None = None,
+    artifacts: str | None = None,
+    heartbeat: float = HEARTBEAT,
 ) -> optuna.Study:
-    """Create or resume ``study_name`` and run trials until the budget is spent."""
+    """Create or resume ``study_name`` and run trials until the budget is spent.
+
+    ``index`` numbers this worker (:func:`worker_index`): its sampler seed is the study's seed
+    (or ``seed``) plus the index, so concurrent workers explore apart; without one the seed is
+    random. Raises :class:`Stopped` after a SIGTERM.
+    """
     console = console or Console()
+    url = storage_url(url)
+    base = cfg.study.seed if seed is None else seed
+    seed = base + index if index is not None else random.SystemRandom().randrange(2**31)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "index": index}
+    console.print(
+        f"worker index {'none' if index is None else index}: host {me['host']}, pid {me['pid']}, sampler seed {seed}"
+    )
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
-    storage = open_storage(storage_url)
-    sampler = make_sampler(sampler_name or cfg.study.sampler, cfg, seed)
-
-    # Data and splits before the study: bad data must not leave a study behind.
-    ns = load_data(cfg.data, progress=True)
-    train, val, _ = study_sets(cfg, ns)
-    study = create_or_load(study_name, cfg, storage, sampler)
-    # torch imports torch._dynamo (~2 s, 800 modules) the first time an optimizer is built. Pay
-    # it here, after bad input has had its chance to fail fast and before the ready line: its
-    # time stays out of trial 0's, and a Ctrl-C during training cannot land in that import,
-    # where CPython may swallow it or end the process with SIGINT status instead of 130.
-    importlib.import_module("torch._dynamo")
-    console.print(
-        f"study {study_name!r}: {len(ns)} {ns.source} nodules; search trains on {len(train)}, "
-        f"validates on {len(val)} (fold {cfg.split.val_fold}); test fold {cfg.split.test_fold} held out"
-    )
-
-    callbacks = [_report(console)]
-    if budget.max_trials is not None:
-        if completed_count(study) >= budget.max_trials:
-            console.print(f"study already has {completed_count(study)} complete trials (budget {budget.max_trials})")
-            return study
-        callbacks.append(MaxTrialsCallback(budget.max_trials, states=(TrialState.COMPLETE,)))
-
-    artifacts = open_artifact_store(storage.url)
-    epochs = cfg.train.epochs
-    with Progress(*Progress.get_default_columns(), console=console, transient=True) as bar:
-        task = bar.add_task("trial", total=epochs)
-
-        def on_epoch(trial: optuna.Trial, record: dict[str, float]) -> None:
-            done = int(record["epoch"])
-            bar.update(task, completed=done % epochs, description=f"trial {trial.number} epoch {done}/{epochs}")
-
-        study.optimize(
-            Objective(cfg, train, val, dev, artifacts=artifacts, on_epoch=on_epoch),
-            n_trials=budget.n_trials,
-            timeout=budget.timeout,
-            catch=(TrainingDiverged,),
-            callbacks=callbacks,
-            gc_after_trial=True,
+    guard = _SigtermGuard()
+    with guard.installed():
+        storage = open_storage(url, heartbeat=heartbeat)
+        sampler = make_sampler(sampler_name or cfg.study.sampler, cfg, seed)
+        # Data and splits before the study: bad data must not leave a study behind.
+        with guard.interruptible():
+            ns = load_data(cfg.data, progress=True)
+            train, val, _ = study_sets(cfg, ns)
+        study = create_or_load(study_name, cfg, storage, sampler, url, artifacts)
+        store = study_artifacts(study, url, create=True)
+        # torch imports torch._dynamo (~2 s, 800 modules) the first time an optimizer is built.
+        # Pay it here, after bad input has had its chance to fail fast: its time stays out of
+        # trial 0's, and a Ctrl-C during training cannot land in that import, where CPython may
+        # swallow it or end the process with SIGINT status instead of 130.
+        importlib.import_module("torch._dynamo")
+        console.print(
+            f"study {study_name!r} in {redact(url)}: {len(ns)} {ns.source} nodules; search trains on {len(train)}, "
+            f"validates on {len(val)} (fold {cfg.split.val_fold}); test fold {cfg.split.test_fold} held out; "
+            f"artifacts in {artifact_location(study, url)}"
         )
+        epochs = cfg.train.epochs
+        with Progress(*Progress.get_default_columns(), console=console, transient=True) as bar:
+            task = bar.add_task("trial", total=epochs)
+
+            def on_epoch(trial: optuna.Trial, record: dict[str, float]) -> None:
+                done = int(record["epoch"])
+                bar.update(task, completed=done % epochs, description=f"trial {trial.number} epoch {done}/{epochs}")
+
+            objective = Objective(cfg, train, val, dev, artifacts=store, on_epoch=on_epoch)
+            _loop(study, objective, budget, me, guard, console)
+    if budget.max_trials is not None:
+        console.print(f"study {study_name!r}: {_counts(study)[0]} complete trials (budget {budget.max_trials})")
     return study
+
+
+def _loop(
+    study: optuna.Study, objective: Objective, budget: Budget, me: dict, guard: _SigtermGuard, console: Console
+) -> None:
+    """Run trials one at a time until a budget is spent (or SIGTERM: :class:`Stopped`)."""
+    current: list[int] = []
+
+    def run_trial(trial: optuna.Trial) -> tuple[float, ...]:
+        current[:] = [trial.number]
+        trial.set_user_attr(Key.WORKER, me)
+        if trial.user_attrs.get(Key.FAIL_REASON):  # a retry inherits its failed original's attributes
+            trial.set_user_attr(Key.FAIL_REASON, None)
+        if budget.max_trials is not None and over_budget(
+            study.get_trials(deepcopy=False), trial.number, budget.max_trials
+        ):
+            trial.set_user_attr(Key.FAIL_REASON, f"budget reached: {budget.max_trials} earlier trials may complete")
+            raise OverBudget()
+        try:
+            with guard.interruptible():
+                return objective(trial)
+        except Stopped:
+            trial.set_user_attr(Key.FAIL_REASON, STOPPED)
+            raise
+
+    heartbeat = is_heartbeat_enabled(study._storage)
+    t0, done = time.monotonic(), 0
+    while True:
+        if guard.requested:
+            raise Stopped()
+        if budget.n_trials is not None and done >= budget.n_trials:
+            return
+        if budget.timeout is not None and time.monotonic() - t0 >= budget.timeout:
+            return
+        if budget.max_trials is not None and not _room(study, budget.max_trials, heartbeat, guard):
+            return
+        current.clear()
+        try:
+            study.optimize(
+                run_trial, n_trials=1, catch=(TrainingDiverged, OverBudget), callbacks=[_report(console)],
+                gc_after_trial=True,
+            )  # fmt: skip
+        except Stopped:
+            if current:
+                _retry_stopped(study, current[0], console)
+            raise
+        done += 1
+
+
+def _retry_stopped(study: optuna.Study, number: int, console: Console) -> None:
+    """Queue the stopped trial again with the same parameters, as Optuna's retry callback does."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    if trial.state == TrialState.FAIL:
+        with quiet_experimental():
+            RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
+        console.print(f"trial {number:>3}  stopped by SIGTERM; queued again with the same parameters")

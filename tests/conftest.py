@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,20 @@ def _postgres_bin() -> Path | None:
     return newest.parent if newest else None
 
 
+@dataclass(frozen=True)
+class Postgres:
+    """A running throwaway server: its URL, and ``pg_ctl`` to act on it as its own user."""
+
+    url: str
+    pg_ctl: list[str]
+
+    def restart_fast(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is cut; returns once the server is back."""
+        subprocess.run([*self.pg_ctl, "restart", "-w", "-m", "fast"], capture_output=True, check=True, timeout=120)
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres() -> Iterator[Postgres]:
     """A throwaway PostgreSQL server on loopback, with a password; stopped and deleted afterwards."""
     bin_dir = _postgres_bin()
     if bin_dir is None:
@@ -72,15 +85,20 @@ def postgres_url() -> Iterator[str]:
         if proc.returncode:
             pytest.fail(f"{cmd[0]} failed: {proc.stdout}{proc.stderr}")
 
+    pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(db), "-l", str(root / "log")]
     try:
         run(bin_dir / "initdb", "-D", db, "-U", "nasopt", "--pwfile", root / "pw", "--auth", "scram-sha-256")
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
         run(bin_dir / "pg_ctl", "start", "-w", "-D", db, "-l", root / "log", "-o", options)
-        yield f"postgresql+psycopg://nasopt:{password}@127.0.0.1:{port}/postgres"
+        yield Postgres(f"postgresql+psycopg://nasopt:{password}@127.0.0.1:{port}/postgres", pg_ctl)
     finally:
-        stop = [*as_user, str(bin_dir / "pg_ctl"), "stop", "-D", str(db), "-m", "immediate"]
-        subprocess.run(stop, capture_output=True, check=False)
+        subprocess.run([*pg_ctl, "stop", "-m", "immediate"], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: Postgres) -> str:
+    return postgres.url
 
 
 # --- The real `nasopt` command on a phantom subset, in scratch folders. ---

@@ -188,35 +188,22 @@ def test_launch_runs_several_workers_on_one_study(tmp_path, cache_dir):
     args = small(cache_dir)[:-2]  # without --threads 2: the launcher gives each worker one of the cores
     proc = nasopt(tmp_path, "launch", "--workers", "2", "--study", "many", "--max-trials", "3", *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    # Both workers joined the study. Which of them trains which trial is a race (under load one
-    # may take all three before the other has loaded its data), so that is not asserted.
-    assert "[w0] study 'many'" in proc.stdout and "[w1] study 'many'" in proc.stdout
+    # Both workers started under their index; which of them trains which trial is a race, not asserted.
+    assert "[w0] worker index 0:" in proc.stdout and "[w1] worker index 1:" in proc.stdout
     # One Pareto front, printed by the launcher once both workers are done.
     assert proc.stdout.count("Pareto front of study 'many'") == 1
     assert "[w" not in proc.stdout.split("Pareto front of study")[1]
     study = optuna.load_study(study_name="many", storage=f"sqlite:///{tmp_path}/storage/nasopt.db")
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert 3 <= len(complete) <= 4  # each worker checks the budget after its trial: overshoot <= 1
+    assert len(complete) == 3  # the budget is exact, whatever the number of workers
     assert len({t.user_attrs["arch_summary"] + str(t.params["lr"]) for t in complete}) == len(complete)
 
 
-def test_two_workers_share_one_postgresql_study(tmp_path, cache_dir, postgres_url):
-    args = small(cache_dir)[:-2]
-    proc = nasopt(
-        tmp_path, "launch", "--workers", "2", "--study", "pg", "--storage", postgres_url, "--max-trials", "3", *args
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "[w0] study 'pg'" in proc.stdout and "[w1] study 'pg'" in proc.stdout  # who trains what is a race
-    assert "s3cr3t-pg" not in proc.stdout + proc.stderr
-    study = optuna.load_study(study_name="pg", storage=postgres_url)
-    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert 3 <= len(complete) <= 4 and len({t.number for t in complete}) == len(complete)
-    for t in complete:  # artifacts of a server storage go to storage/artifacts under the working folder
-        assert (tmp_path / "storage" / "artifacts" / t.user_attrs["artifact_weights"]).is_file()
-    assert not (tmp_path / "storage" / "nasopt.db").exists()
-
-    front = nasopt(tmp_path, "front", "--study", "pg", "--storage", postgres_url)
-    assert front.returncode == 0 and f"Pareto front of study 'pg' ({len(complete)} complete trials)" in front.stdout
+def test_launch_reports_a_failing_worker_with_its_status(tmp_path):
+    proc = nasopt(tmp_path, "launch", "--workers", "2", "--study", "x", "--sampler", "nope")
+    assert proc.returncode == 2
+    assert "[w0] exited with status 2" in proc.stderr and "[w1] exited with status 2" in proc.stderr
+    assert "--sampler 'nope'" in proc.stdout
 
 
 def test_worker_commands_split_threads_seeds_and_gpus():

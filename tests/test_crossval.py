@@ -16,7 +16,7 @@ from tests.conftest import assert_user_error, nasopt
 
 
 def study_of(where):
-    return load_study("demo", open_storage(f"sqlite:///{where}/storage/nasopt.db", heartbeat=False))
+    return load_study("demo", open_storage(f"sqlite:///{where}/storage/nasopt.db", heartbeat=None))
 
 
 def default_trial(study) -> TrialRecord:

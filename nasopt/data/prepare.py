@@ -19,11 +19,12 @@ one cache prepared with the same settings (and from the same path, if one is nam
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nasopt.atomic import remove_stale_temps
+from nasopt.atomic import file_lock, remove_stale_temps
 from nasopt.data.inputs import InputIdentity, identify, short_hash
 from nasopt.data.noduleset import NoduleSet, cached_params
 from nasopt.data.sources import Input, Run, Source, get_source
@@ -89,16 +90,29 @@ def skip_report_path(cache: Path) -> Path:
 def prepare(
     data: DataSection, workers: int = 1, progress: bool = True, force: bool = False, skip_bad: bool = False
 ) -> tuple[NoduleSet, Path]:
-    """Prepare ``data``'s source into its cache, or load the cache when it is already there."""
-    remove_stale_temps(data.cache_dir)
+    """Prepare ``data``'s source into its cache, or load the cache when it is already there.
+
+    Preparing holds a lock beside the cache: of several workers that find no cache, one
+    prepares it and the others wait, then load it.
+    """
     key = cache_key(data)
     path = key.path(data.cache_dir)
     if path.is_file() and not force:
         return NoduleSet.load(path), path
-    where = None if key.input is None else key.input.path
-    ns = key.source.prepare(where, dict(key.settings), Run(workers, progress, skip_bad, skip_report_path(path)))
-    ns.params = {**ns.params, **key.record()}
-    ns.save(path)  # atomic: a run that failed above leaves no cache behind
+
+    def waiting() -> None:
+        print(f"waiting: another process is preparing the cache {path.name}", file=sys.stderr, flush=True)
+
+    with file_lock(path.with_name(path.name + ".lock"), waiting):
+        if path.is_file() and not force:  # prepared while this process waited
+            return NoduleSet.load(path), path
+        remove_stale_temps(data.cache_dir)
+        if progress:
+            print(f"preparing {path}", file=sys.stderr, flush=True)
+        where = None if key.input is None else key.input.path
+        ns = key.source.prepare(where, dict(key.settings), Run(workers, progress, skip_bad, skip_report_path(path)))
+        ns.params = {**ns.params, **key.record()}
+        ns.save(path)  # atomic: a run that failed above leaves no cache behind
     return ns, path
 
 
