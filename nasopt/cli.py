@@ -29,7 +29,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare data sets into Nodule
 app.add_typer(data_app, name="data")
 config_app = typer.Typer(no_args_is_help=True, help="Study files: the effective configuration, what each key means.")
 app.add_typer(config_app, name="config")
-console = Console()
+# Without a terminal (Slurm and Kubernetes logs, pipes) rich wraps at 80 columns, mid-word; log lines stay whole.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Study file (TOML); defaults if absent.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a study-file value: section.key=value.")]
@@ -58,8 +59,12 @@ def _with_source_inputs(command: Callable[..., None]) -> Callable[..., None]:
 @_with_source_inputs
 def data_prepare(
     source: Annotated[
-        str, typer.Option(help=f"{', '.join(SOURCES)}; the phantom is embedded, the others read the input named below.")
-    ] = "phantom",
+        str | None,
+        typer.Option(
+            help=f"{', '.join(SOURCES)} (else the study file's, else phantom); the phantom is embedded, the others "
+            "read the input named below."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     max_scans: Annotated[int | None, typer.Option(help="Phantom: use only the first N scans.")] = None,
     seed: Annotated[int | None, typer.Option(help="Phantom: texture and noise seed.")] = None,
@@ -77,7 +82,7 @@ def data_prepare(
     from nasopt.data.prepare import prepare, skip_report_path
 
     # json.dumps gives a valid TOML string for any text (quotes, backslashes in paths).
-    overrides = list(set_ or []) + [f"data.source={json.dumps(source)}"]
+    overrides = list(set_ or []) + ([f"data.source={json.dumps(source)}"] if source else [])
     named = {key: str(path) for key, path in inputs.items() if path is not None}
     given = {**named, "max_scans": max_scans, "seed": seed}
     overrides += [f"data.{key}={json.dumps(value)}" for key, value in given.items() if value is not None]

@@ -174,6 +174,17 @@ class TrainSection(_Section):
     )
 
 
+class FidelitySection(_Section):
+    strategy: Literal["none", "moasha"] = Field(
+        "none",
+        description="Stop dominated trials early: none, or moasha (multi-objective asynchronous successive halving).",
+    )
+    min_epochs: int = Field(1, ge=1, description="moasha: epochs before a trial's first stop-or-continue decision.")
+    reduction_factor: int = Field(
+        3, ge=2, description="moasha: decisions at min_epochs * factor^k epochs; the top 1/factor at each continue."
+    )
+
+
 class StudyConfig(_Section):
     """A whole study file."""
 
@@ -182,6 +193,9 @@ class StudyConfig(_Section):
     split: SplitSection = Field(SplitSection(), description="Outer folds; the test fold never enters the search.")
     space: SpaceSection = Field(SpaceSection(), description="The architectures searched.")
     train: TrainSection = Field(TrainSection(), description="How each trial's network is trained.")
+    fidelity: FidelitySection = Field(
+        FidelitySection(), description="Early stopping of dominated trials; train.epochs is the full budget."
+    )
 
     @model_validator(mode="after")
     def _crop_fits(self) -> StudyConfig:
@@ -190,11 +204,19 @@ class StudyConfig(_Section):
             raise ValueError(
                 f"train.input_size + 2*train.max_shift = {need} exceeds data.crop_size {self.data.crop_size}"
             )
+        if self.fidelity.strategy != "none" and self.fidelity.min_epochs >= self.train.epochs:
+            raise ValueError(
+                f"fidelity.min_epochs {self.fidelity.min_epochs} leaves no early decision within train.epochs "
+                f'{self.train.epochs}; lower it or set fidelity.strategy = "none"'
+            )
         return self
 
     def fingerprint(self) -> str:
         """Stable hash of everything that changes what a trial means."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        dump = self.model_dump(mode="json")
+        if self.fidelity == FidelitySection():  # studies made before [fidelity] existed keep their fingerprint
+            del dump["fidelity"]
+        return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _format_error(source: str, err: ValidationError) -> str:

@@ -1,8 +1,15 @@
-"""The Optuna objective: trial -> Architecture -> fit -> (objective values) + artifacts."""
+"""The Optuna objective: trial -> Architecture -> fit -> (objective values) + artifacts.
+
+With a fidelity strategy (:mod:`nasopt.fidelity`), the objective also stops dominated trials
+early: at each rung it stores the trial's objective values, ranks them against every trial of
+the study that reached the same rung, and ends the trial PRUNED when the strategy says so.
+Optuna cannot prune multi-objective studies itself, so the rungs live here.
+"""
 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,10 +23,12 @@ from nasopt.attention import example_rows
 from nasopt.checkpoint import CheckpointHeader, build_model, save_model
 from nasopt.config import StudyConfig
 from nasopt.data.noduleset import NoduleSet
+from nasopt.fidelity import MOASHA, to_minimize
 from nasopt.inference import Member
-from nasopt.model import Architecture, count_flops
+from nasopt.model import Architecture, build_network, count_flops, count_params
 from nasopt.report import trial_note
 from nasopt.space import suggest
+from nasopt.study import DIRECTIONS
 from nasopt.train import FitResult, TrainingDiverged, fit
 from nasopt.trial_record import Key, predictions_json, val_key
 
@@ -35,10 +44,13 @@ class Objective:
         device: torch.device,
         artifacts: FileSystemArtifactStore | None = None,
         on_epoch: Callable[[optuna.Trial, dict[str, float]], None] | None = None,
+        fidelity: MOASHA | None = None,
     ) -> None:
         self.cfg, self.train, self.val, self.device = cfg, train, val, device
         self.artifacts = artifacts
         self.on_epoch = on_epoch
+        self.fidelity = fidelity
+        self.directions = [DIRECTIONS[o] for o in cfg.study.objectives]
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         arch, hparams = suggest(trial, self.cfg.space)
@@ -73,6 +85,17 @@ class Objective:
         return tuple(float(values[o]) for o in self.cfg.study.objectives)
 
     def _fit(self, trial: optuna.Trial, arch: Architecture, hparams: dict) -> FitResult:
+        known = {Key.PARAMS: count_params(build_network(arch)), Key.FLOPS: count_flops(arch, self.cfg.train.input_size)}
+        curve: list[dict[str, float]] = []
+        t0 = time.perf_counter()
+
+        def on_epoch(record: dict[str, float]) -> None:
+            curve.append(record)
+            if self.on_epoch is not None:
+                self.on_epoch(trial, record)
+            if self.fidelity is not None and self.fidelity.is_rung(int(record["epoch"])):
+                self._rung(trial, arch, {**record, **known}, curve, time.perf_counter() - t0)
+
         return fit(
             arch,
             self.train,
@@ -82,8 +105,42 @@ class Objective:
             batch_size=hparams["batch_size"],
             seed=self.cfg.study.seed + trial.number,
             device=self.device,
-            on_epoch=None if self.on_epoch is None else (lambda rec: self.on_epoch(trial, rec)),
+            on_epoch=on_epoch,
         )
+
+    def _rung(
+        self, trial: optuna.Trial, arch: Architecture, values: dict, curve: list[dict[str, float]], seconds: float
+    ) -> None:
+        """Record this rung's objective values; stop the trial (PRUNED) when the strategy says so."""
+        assert self.fidelity is not None
+        epoch = str(int(values["epoch"]))
+        mine = [float(values[o]) for o in self.cfg.study.objectives]
+        rungs = {**trial.user_attrs.get(Key.RUNGS, {}), epoch: mine}
+        trial.set_user_attr(Key.RUNGS, rungs)
+        # Every trial of the study that reached this rung, in any state: ranks come from the
+        # study's current state, so any number of asynchronous workers share one ranking.
+        others = [
+            t.user_attrs[Key.RUNGS][epoch]
+            for t in trial.study.get_trials(deepcopy=False)
+            if t.number != trial.number and epoch in t.user_attrs.get(Key.RUNGS, {})
+        ]
+        decision = self.fidelity.decide(
+            to_minimize(mine, self.directions), [to_minimize(o, self.directions) for o in others]
+        )
+        if decision.keep_going:
+            return
+        trial.set_user_attr(Key.STOPPED_AT, int(epoch))
+        trial.set_user_attr(Key.STOP_REASON, decision.reason)
+        trial.set_user_attr(Key.PARAMS, values[Key.PARAMS])
+        trial.set_user_attr(Key.FLOPS, values[Key.FLOPS])
+        trial.set_user_attr(Key.CURVE, curve)
+        metrics = {k.removeprefix("val_"): v for k, v in values.items() if k.startswith("val_")}
+        note = trial_note(
+            trial.number, arch, values[Key.PARAMS], values[Key.FLOPS], metrics, seconds, 0.0, str(self.device),
+            stopped=f"epoch {epoch} of {self.cfg.train.epochs}, MO-ASHA: {decision.reason}",
+        )  # fmt: skip
+        save_note(trial, note)
+        raise optuna.TrialPruned(decision.reason)
 
     def _upload(self, trial: optuna.Trial, arch: Architecture, result: FitResult) -> None:
         header = CheckpointHeader(

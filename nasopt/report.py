@@ -102,8 +102,10 @@ def trial_note(
     seconds: float,
     samples_per_s: float,
     device: str,
+    stopped: str | None = None,
 ) -> str:
-    """The markdown note optuna-dashboard shows on a trial's page."""
+    """The markdown note optuna-dashboard shows on a trial's page; ``stopped`` says why a trial
+    stopped early (its metrics are then those at the rung where it stopped)."""
     lines = [f"### Trial {number}", "", "| part | blocks | widths | CBAM |", "|---|---|---|---|"]
     lines.append(f"| stem | 2 conv | {arch.stem_width} | {'yes' if arch.cbam_stem else 'no'} |")
     for i, (widths, cbam) in enumerate(zip(arch.stages, arch.cbam_stages), start=1):
@@ -112,7 +114,9 @@ def trial_note(
         "",
         f"- A-Softmax margin **m = {arch.margin}**; **{params:,}** parameters; **{flops / 1e6:,.1f} MFLOPs** per crop",
         "- validation: " + ", ".join(f"{k} **{v:.3f}**" for k, v in metrics.items()),
-        f"- trained in {seconds:.1f} s at {samples_per_s:,.0f} samples/s on `{device}`",
+        f"- trained in {seconds:.1f} s at {samples_per_s:,.0f} samples/s on `{device}`"
+        if stopped is None
+        else f"- **stopped early** after {seconds:.1f} s on `{device}`: {stopped}",
     ]
     return "\n".join(lines) + "\n"
 

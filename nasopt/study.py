@@ -37,6 +37,7 @@ from sqlalchemy.engine import make_url
 
 from nasopt.config import StudyConfig, config_from_json
 from nasopt.errors import ConfigError, StorageError
+from nasopt.fidelity import MOASHA
 
 DEFAULT_STORAGE = "sqlite:///storage/nasopt.db"
 DIRECTIONS = {"val_accuracy": "maximize", "val_auc": "maximize", "params": "minimize", "flops": "minimize"}
@@ -299,6 +300,13 @@ def make_sampler(name: str, cfg: StudyConfig, seed: int | None = None) -> optuna
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"--sampler {name!r}: choose one of nsga2, nsga3, tpe, random")
+
+
+def make_fidelity(cfg: StudyConfig) -> MOASHA | None:
+    """The study file's early-stopping strategy, or ``None`` (every trial trains to the full budget)."""
+    if cfg.fidelity.strategy == "moasha":
+        return MOASHA(cfg.fidelity.min_epochs, cfg.train.epochs, cfg.fidelity.reduction_factor)
+    return None
 
 
 def create_or_load(

@@ -33,6 +33,9 @@ class Key(StrEnum):
     DEVICE = "device"
     FAIL_REASON = "fail_reason"  # why a FAIL trial failed ("stopped": SIGTERM, retried)
     WORKER = "worker"  # {"host", "pid", "index"} of the worker that ran it
+    RUNGS = "rungs"  # {epoch: the study's objective values at that epoch} at each early-stopping rung reached
+    STOPPED_AT = "stopped_at_epoch"  # a PRUNED trial: the rung where the fidelity strategy stopped it
+    STOP_REASON = "stop_reason"  # a PRUNED trial: why it stopped (its rank at that rung)
     WEIGHTS = "artifact_weights"  # artifact id of the safetensors checkpoint
     VAL_PREDICTIONS = "artifact_val_predictions"  # artifact id of the validation predictions JSON
     CURVE_PNG = "artifact_curve_png"  # artifact id of the learning-curve figure

@@ -45,6 +45,7 @@ from nasopt.study import (
     HEARTBEAT,
     artifact_location,
     create_or_load,
+    make_fidelity,
     make_sampler,
     open_storage,
     quiet_experimental,
@@ -172,6 +173,11 @@ def _report(console: Console):
                 f"trial {trial.number:>3}  val acc {a[val_key('accuracy')]:.3f}  AUC {a[val_key('auc')]:.3f}  "
                 f"params {a[Key.PARAMS]:>10,}  {a[Key.TRAIN_SECONDS]:6.1f} s  {a[Key.ARCH_SUMMARY]}"
             )
+        elif trial.state == TrialState.PRUNED:
+            console.print(
+                f"trial {trial.number:>3}  stopped early at epoch {a.get(Key.STOPPED_AT)}: {a.get(Key.STOP_REASON)}  "
+                f"params {a.get(Key.PARAMS, 0):>10,}  {a.get(Key.ARCH_SUMMARY, '')}"
+            )
         elif trial.state == TrialState.FAIL:
             console.print(f"trial {trial.number:>3}  failed: {a.get(Key.FAIL_REASON) or 'see the log above'}")
 
@@ -237,7 +243,7 @@ def run_search(
                 done = int(record["epoch"])
                 bar.update(task, completed=done % epochs, description=f"trial {trial.number} epoch {done}/{epochs}")
 
-            objective = Objective(cfg, train, val, dev, artifacts=store, on_epoch=on_epoch)
+            objective = Objective(cfg, train, val, dev, store, on_epoch, make_fidelity(cfg))
             _loop(study, objective, budget, me, guard, console)
     if budget.max_trials is not None:
         console.print(f"study {study_name!r}: {_counts(study)[0]} complete trials (budget {budget.max_trials})")
