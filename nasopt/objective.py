@@ -134,6 +134,7 @@ class Objective:
         trial.set_user_attr(Key.PARAMS, values[Key.PARAMS])
         trial.set_user_attr(Key.FLOPS, values[Key.FLOPS])
         trial.set_user_attr(Key.CURVE, curve)
+        trial.set_user_attr(Key.TRAIN_SECONDS, round(seconds, 2))
         metrics = {k.removeprefix("val_"): v for k, v in values.items() if k.startswith("val_")}
         note = trial_note(
             trial.number, arch, values[Key.PARAMS], values[Key.FLOPS], metrics, seconds, 0.0, str(self.device),

@@ -176,11 +176,17 @@ def write_report(study_name: str, storage: str | None, out: str | Path) -> Path:
         ref_note,
     )
 
-    hv, by_time, seconds = [], [], 0.0
-    for i, t in enumerate(trials):
+    # Training time includes the trials stopped early (their compute was spent too); the front,
+    # and so the hypervolume, counts full-budget trials only.
+    stopped = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    hv, by_time, seconds, done = [], [], 0.0, 0
+    for t in sorted([*trials, *stopped], key=lambda t: t.datetime_complete):
         seconds += t.user_attrs.get(Key.TRAIN_SECONDS, 0.0)
-        hv.append(hypervolume_2d([(p[1], p[0]) for p in points[: i + 1]]))
-        by_time.append((seconds, hv[-1]))
+        if t.state == TrialState.COMPLETE:
+            done += 1
+            hv.append(hypervolume_2d([(p[1], p[0]) for p in points[:done]]))
+        if hv:
+            by_time.append((seconds, hv[-1]))
     hv_note = f"hypervolume of ({metric}, log10 parameters) against the reference point ({metric} 0, 10^8 parameters)"
     figures.hypervolume(hv, by_time, out / "hypervolume.png", f"study {study_name!r}: front hypervolume{tag}", hv_note)
 

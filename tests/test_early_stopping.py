@@ -48,6 +48,13 @@ def test_trials_stop_where_the_rule_says_and_only_full_budget_trials_count(tmp_p
     front = {t.number for t in study.best_trials}
     assert front <= {t.number for t in complete}
     assert f"Pareto front of study 'm' ({len(complete)} complete trials)" in proc.stdout
+    report = nasopt(tmp_path, "report", "--study", "m", "--out", "report")
+    assert report.returncode == 0, report.stderr
+    assert f"{len(complete)} complete trials" in (tmp_path / "report" / "summary.md").read_text()
+    exported = nasopt(tmp_path, "export", "--study", "m", "--select", "topk", "--k", "8", "--out", "e.safetensors")
+    assert exported.returncode == 0, exported.stderr
+    members = {int(line.split()[1]) for line in exported.stdout.splitlines() if line.strip().startswith("trial")}
+    assert members == {t.number for t in complete}  # topk over every trial exports the full-budget ones only
 
 
 def test_fidelity_settings_are_part_of_the_study_configuration(tmp_path, cache_dir):
