@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/nasopt launch --workers 2 --study demo --config studies/demo.toml --max-trials 12
+	$(VENV)/bin/nasopt launch --workers 2 --study demo --config studies/demo.toml --timeout 300
 	$(VENV)/bin/nasopt export --study demo --out storage/demo-ensemble.safetensors --onnx storage/demo-ensemble.onnx
 	$(VENV)/bin/nasopt evaluate storage/demo-ensemble.safetensors
 	$(VENV)/bin/nasopt report --study demo --out storage/report

@@ -179,7 +179,11 @@ class FidelitySection(_Section):
         "none",
         description="Stop dominated trials early: none, or moasha (multi-objective asynchronous successive halving).",
     )
-    min_epochs: int = Field(1, ge=1, description="moasha: epochs before a trial's first stop-or-continue decision.")
+    min_epochs: int = Field(
+        1,
+        ge=1,
+        description="moasha: epochs before a trial's first stop-or-continue decision (none if >= train.epochs).",
+    )
     reduction_factor: int = Field(
         3, ge=2, description="moasha: decisions at min_epochs * factor^k epochs; the top 1/factor at each continue."
     )
@@ -203,11 +207,6 @@ class StudyConfig(_Section):
         if need > self.data.crop_size:
             raise ValueError(
                 f"train.input_size + 2*train.max_shift = {need} exceeds data.crop_size {self.data.crop_size}"
-            )
-        if self.fidelity.strategy != "none" and self.fidelity.min_epochs >= self.train.epochs:
-            raise ValueError(
-                f"fidelity.min_epochs {self.fidelity.min_epochs} leaves no early decision within train.epochs "
-                f'{self.train.epochs}; lower it or set fidelity.strategy = "none"'
             )
         return self
 

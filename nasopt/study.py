@@ -304,7 +304,8 @@ def make_sampler(name: str, cfg: StudyConfig, seed: int | None = None) -> optuna
 
 def make_fidelity(cfg: StudyConfig) -> MOASHA | None:
     """The study file's early-stopping strategy, or ``None`` (every trial trains to the full budget)."""
-    if cfg.fidelity.strategy == "moasha":
+    # A budget too short for a first rung (a smoke run's one epoch) trains every trial fully.
+    if cfg.fidelity.strategy == "moasha" and cfg.fidelity.min_epochs < cfg.train.epochs:
         return MOASHA(cfg.fidelity.min_epochs, cfg.train.epochs, cfg.fidelity.reduction_factor)
     return None
 

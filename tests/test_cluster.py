@@ -24,7 +24,8 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from nasopt.worker import over_budget, worker_index
 from tests.conftest import DEMO, assert_user_error, nasopt, small
 
-TINY = ["--set", "train.epochs=2"]  # after small(): trials of a few seconds
+# After small(): trials of a few seconds, each trained fully (early stopping is tested on its own).
+TINY = ["--set", "train.epochs=2", "--set", 'fidelity.strategy="none"']
 
 
 def _trials(study: str, url: str) -> list[FrozenTrial]:

@@ -60,7 +60,10 @@ def test_trials_stop_where_the_rule_says_and_only_full_budget_trials_count(tmp_p
 def test_fidelity_settings_are_part_of_the_study_configuration(tmp_path, cache_dir):
     first = nasopt(tmp_path, "search", "--study", "f", "--n-trials", "1", *small(cache_dir), *MOASHA_SET)
     assert first.returncode == 0, first.stderr
-    other = nasopt(tmp_path, "search", "--study", "f", "--n-trials", "1", *small(cache_dir), "--set", "train.epochs=4")
+    no_stopping = ["--set", "train.epochs=4", "--set", 'fidelity.strategy="none"']
+    other = nasopt(tmp_path, "search", "--study", "f", "--n-trials", "1", *small(cache_dir), *no_stopping)
     assert_user_error(other, "different configuration")
-    bad = nasopt(tmp_path, "search", "--study", "g", *small(cache_dir), *MOASHA_SET, "--set", "fidelity.min_epochs=4")
-    assert_user_error(bad, "fidelity.min_epochs")
+    bad = nasopt(
+        tmp_path, "search", "--study", "g", *small(cache_dir), *MOASHA_SET, "--set", "fidelity.reduction_factor=1"
+    )
+    assert_user_error(bad, "fidelity.reduction_factor")
