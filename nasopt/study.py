@@ -17,6 +17,7 @@ Passwords never reach logs or errors.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import random
 import sqlite3
@@ -211,9 +212,11 @@ class ResilientRDBStorage(RDBStorage):
     """
 
 
-# Every storage call Optuna makes, the heartbeat's included, goes through the retry.
+# Every storage call Optuna makes, the heartbeat's included, goes through the retry: the public
+# methods, and the private ones Optuna's cache layer (in front of every study's storage) calls.
+_CACHE_CALLS = {"_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param"}
 for _name, _method in vars(RDBStorage).items():
-    if callable(_method) and (not _name.startswith("_") or _name == "_get_stale_trial_ids"):
+    if inspect.isfunction(_method) and (not _name.startswith("_") or _name in _CACHE_CALLS):
         setattr(ResilientRDBStorage, _name, _retrying(_method))
 
 

@@ -17,6 +17,7 @@ queues a retry of it with the same parameters, and ends the worker (exit status 
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -31,6 +32,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
@@ -274,6 +276,9 @@ def _loop(
             raise
 
     heartbeat = is_heartbeat_enabled(study._storage)
+    # Optuna collects garbage after every trial (torch keeps reference cycles); the long-lived
+    # objects already here (torch, the data, the study cache) need not be scanned each time.
+    gc.freeze()
     t0, done = time.monotonic(), 0
     while True:
         if guard.requested:
@@ -294,6 +299,10 @@ def _loop(
             if current:
                 _retry_stopped(study, current[0], console)
             raise
+        except UpdateFinishedTrialError:
+            # Another worker failed this trial as stale (its heartbeats stalled past the grace
+            # period) and queued its retry; this worker's result is not stored. Go on.
+            console.print(f"trial {current[0]:>3}  failed as stale by another worker (late heartbeats); not stored")
         done += 1
 
 

@@ -37,6 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampler seed (architecture i is trained with seed i)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--part", type=int, nargs=2, metavar=("START", "END"), help="build only rows START..END-1 (into --out)"
+    )
+    p.add_argument("--merge", type=Path, nargs="+", help="append the rows of these --part tables to --out, in order")
     return p.parse_args(argv)
 
 
@@ -84,12 +88,26 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
     }
+    if args.merge:  # parts built side by side (rows depend only on their index) join the table
+        table = load(args.out)
+        for part in sorted((load(p) for p in args.merge), key=lambda t: t["meta"]["part"][0]):
+            start = part["meta"]["part"][0]  # a part stopped early holds fewer rows: the next part starts there
+            if start != len(table["rows"]):
+                sys.exit(f"the part from row {start} does not continue the table's {len(table['rows'])} rows")
+            table["rows"] += part["rows"]
+            table["meta"].setdefault("parts", []).append({k: part["meta"][k] for k in ("part", "command", "machine")})
+        save(table, args.out)
+        print(f"{args.out}: {len(table['rows'])} rows")
+        return
+    if args.part:
+        meta["part"] = args.part
     table = load(args.out) if args.out.exists() else {"meta": meta, "rows": []}
     if table["meta"]["fingerprint"] != meta["fingerprint"] or table["meta"]["set"] != args.set:
         sys.exit(f"{args.out}: built from other data or settings; delete it or pass another --out")
+    first = args.part[0] if args.part else 0
     # Rows depend only on their index: a resumed build (or a shorter --n) keeps a consistent table.
     table["meta"].update(n=args.n, command=meta["command"])
-    table["rows"] = table["rows"][: args.n]
+    table["rows"] = table["rows"][: args.n - first if args.part else args.n]
     save(table, args.out)
     # One in-memory study draws every genome up front, so row i is the same whatever resumes.
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed), directions=["maximize"] * 2)
@@ -98,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         trial = study.ask()
         trials.append((trial, *suggest(trial, cfg.space)))
     for i, (trial, arch, hparams) in enumerate(trials):
-        if i < len(table["rows"]):
+        if i < first + len(table["rows"]) or (args.part and i >= args.part[1]):
             continue
         t0 = time.perf_counter()
         r = fit(arch, train, val, cfg.train, lr=hparams["lr"], batch_size=hparams["batch_size"], seed=i)
