@@ -51,8 +51,8 @@ def _pump(i: int, proc: subprocess.Popen) -> None:
 def launch(n: int, args: Sequence[str], gpus: int = 0) -> int:
     """Run ``n`` workers to completion; returns the first non-zero exit status, else 0."""
     cmds = worker_commands(n, list(args), os.cpu_count() or 1, gpus)
-    # Workers write to a pipe: unbuffered (lines arrive as printed), terminal width less the prefix.
-    env = dict(os.environ, COLUMNS=str(max(60, shutil.get_terminal_size().columns - 5)), PYTHONUNBUFFERED="1")
+    # Workers write to a pipe: unbuffered (lines arrive as printed), terminal width (200 without one) less the prefix.
+    env = dict(os.environ, COLUMNS=str(max(60, shutil.get_terminal_size((205, 24)).columns - 5)), PYTHONUNBUFFERED="1")
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
     try:
