@@ -54,7 +54,7 @@ def _fetch(
     except (ArtifactNotFound, FileNotFoundError):
         raise DataError(
             f"trial {trial}: its {what} (artifact {artifact_id}) are missing from the artifact store {where}; "
-            "set NASOPT_ARTIFACTS to the folder the workers wrote to"
+            "the study records that folder; restore the file there"
         ) from None
     return dest
 

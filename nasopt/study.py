@@ -132,10 +132,12 @@ def open_storage(url: str | None = None, heartbeat: float | None = HEARTBEAT, cr
             for attempt in range(3):
                 try:
                     return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-                except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-                    # Workers that start together on a fresh database race to create its tables;
-                    # the losers find them made on a second look.
-                    if attempt == 2:
+                except sqlalchemy.exc.DBAPIError as exc:
+                    # Workers that start together on a fresh database race to create its tables
+                    # ("already exists", "duplicate key", "locked"); the losers find them made on
+                    # a second look. Anything else (a wrong password, no server) fails at once.
+                    message = str(exc).lower()
+                    if attempt == 2 or not any(w in message for w in ("already exists", "duplicate", "locked")):
                         raise
                     time.sleep(0.5 + random.random())
     except StorageError:
@@ -248,7 +250,7 @@ def resolve_artifacts(location: str, url: str) -> str:
     if location.startswith("s3://") or Path(location).is_absolute():
         return location
     file = storage_file(url)
-    return str((file.parent if file is not None else Path.cwd()) / location)
+    return str(((file.parent if file is not None else Path.cwd()) / location).resolve())
 
 
 def open_artifact_store(where: str, create: bool = False) -> FileSystemArtifactStore | Boto3ArtifactStore:

@@ -39,7 +39,7 @@ def test_search_runs_trials_into_sqlite_and_resumes(tmp_path, cache_dir):
     assert len(optuna.get_all_study_summaries(f"sqlite:///{db}")) == 1
 
     budget = nasopt(tmp_path, "search", "--study", "demo", "--max-trials", "3", *small(cache_dir))
-    assert budget.returncode == 0 and "already has 3 complete trials" in budget.stdout
+    assert budget.returncode == 0 and "study 'demo': 3 complete trials (budget 3)" in budget.stdout
     assert len(optuna.load_study(study_name="demo", storage=f"sqlite:///{db}").trials) == 3
 
     front = nasopt(tmp_path, "front", "--study", "demo")

@@ -337,5 +337,5 @@ def test_two_workers_without_a_cache_prepare_it_once(tmp_path):
         _wait_for(both_waiting, "both processes waiting for the lock")
     outs = ["".join(log) + proc.communicate(timeout=600)[0] for proc, log in zip(procs, logs)]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert sum(f"preparing {target}" in out for out in outs) == 1, outs  # one prepared, the other loaded
+    assert sum(f"prepared {target}" in out for out in outs) == 1, outs  # one prepared, the other loaded
     assert target.is_file()

@@ -107,12 +107,12 @@ def prepare(
         if path.is_file() and not force:  # prepared while this process waited
             return NoduleSet.load(path), path
         remove_stale_temps(data.cache_dir)
-        if progress:
-            print(f"preparing {path}", file=sys.stderr, flush=True)
         where = None if key.input is None else key.input.path
         ns = key.source.prepare(where, dict(key.settings), Run(workers, progress, skip_bad, skip_report_path(path)))
         ns.params = {**ns.params, **key.record()}
         ns.save(path)  # atomic: a run that failed above leaves no cache behind
+        if progress:  # after success only: a user error stays the one line on stderr
+            print(f"prepared {path}", file=sys.stderr, flush=True)
     return ns, path
 
 
