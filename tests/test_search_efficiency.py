@@ -5,11 +5,11 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.test_benchmarks import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "benchmarks" / "nasbench" / "naslung-phantom.json.gz"
@@ -35,16 +35,7 @@ def test_replay_prints_a_row_per_method_and_workers_and_moasha_prunes(small_tabl
     png, out_json = tmp_path / "x.png", tmp_path / "x.json"
     args = ["--table", str(small_table), "--seeds", "2", "--workers", "1", "2", "--budget", "60"]
     args += ["--methods", "random", "nsga2+moasha", "--png", str(png), "--json", str(out_json)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "search_efficiency.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run("search_efficiency.py", *args)
     assert "12 rows" in out
 
     rows = re.findall(r"^(random|nsga2\+moasha)\s+(\d+)\s+\S+ \(\S+\)\s+(\d+)/2\s", out, re.MULTILINE)
