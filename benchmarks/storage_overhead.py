@@ -3,12 +3,14 @@ record cost each trial, with no training.
 
 Each worker is its own process and runs trials the way ``nasopt worker`` does: the study is
 created or loaded with ``nasopt.study.create_or_load`` (studies/naslung.toml: NSGA-II,
-val_accuracy against params), the storage is opened with ``open_storage(url, heartbeat=2.0)``
-(so Optuna's heartbeat thread runs and stale trials are looked for before each trial), and each
-trial is one ``study.optimize(objective, n_trials=1, gc_after_trial=True)``. The objective
-suggests the real search space (``nasopt.space.suggest``) and writes a realistic trial record:
-the worker's user attributes (arch, params, FLOPs, a 20-epoch curve, timings, norm, device,
-worker, five validation metrics) and, as ``nasopt.objective.Objective`` does, the dashboard note
+val_accuracy against params), the storage is opened with ``open_storage(url, heartbeat=2.0,
+read_notes=False)`` (so Optuna's heartbeat thread runs and stale trials are looked for before
+each trial), and each trial is one ``study.optimize(objective, n_trials=1, gc_after_trial=True)``
+followed by ``nasopt.worker.freeze_survivors()``. The objective suggests the real search space
+(``nasopt.space.suggest``) and writes a realistic trial record in one transaction
+(``nasopt.trial_record.set_user_attrs``): the worker's user attributes (arch, params, FLOPs, a
+20-epoch curve, timings, norm, device, worker, five validation metrics) and, as
+``nasopt.objective.Objective`` does, the dashboard note
 (``save_note``: study system attributes) and four artifacts (``upload_artifact`` of a few bytes
 each: a trial system attribute apiece). ``--record attrs`` writes the user attributes only, with
 artifact ids as uuid strings, to show what the note and the artifact records cost. Values are
@@ -17,7 +19,10 @@ drawn at random.
 A worker's first trial (which loads the whole study into Optuna's cache) is reported apart, as
 ``cold``; then all workers start together and each times ``--timed`` trials (none started after
 ``--round-seconds``), and runs untimed ones until every worker is done, so the load stays the
-same throughout. A row's median and p90 are over all timed trials of all workers; ``cpu`` is the
+same throughout. By default trials run back to back: every worker orchestrates all the time,
+which measures what the storage sustains, not what a training worker pays. ``--train-seconds S``
+puts a sleep of 0.5-1.5 S (drawn per trial) between a trial's ask and its record, as training
+would, and starts the workers up to S apart; the sleep is not in the figures. A row's median and p90 are over all timed trials of all workers; ``cpu`` is the
 median CPU time of the worker process itself, so ``ms - cpu`` is time spent waiting for the
 database, the proxy or a core; ``stale`` counts trials another worker failed because their
 heartbeat was late (``--heartbeat`` 2 s gives a 6 s grace period; an overloaded machine misses it).
@@ -36,22 +41,19 @@ its database in Optuna's ``_CachedStorage``, as Optuna's documentation asks; not
 ``nasopt storage-proxy`` does).
 
     python benchmarks/storage_overhead.py                       # the full run (defaults below)
-    python benchmarks/storage_overhead.py --trials-in-study 1000 5000 --workers 1 4 16 \\
-        --storages sqlite postgresql grpc --timed 10 --json storage.json
+    python benchmarks/storage_overhead.py --storages postgresql --trials-in-study 5000 \
+        --workers 1 16 --timed 5 [--train-seconds 10]          # the README's rows
     python benchmarks/storage_overhead.py --quick               # a 20-trial SQLite smoke run
     python benchmarks/storage_overhead.py --storages postgresql --workers 1 --profile
 
 Target: a median under 100 ms at 5 000 trials and 16 workers on PostgreSQL. With more workers
-than cores the figures include waiting for a core; the script says so.
+than cores, back-to-back figures include waiting for a core; the script says so.
 
-Runtime, measured on a shared 2-core AMD EPYC (load 4-5 before starting; every figure there
-is CPU-bound): PostgreSQL at 1 000 and 5 000 trials with 1 and 4 workers and 16 at 1 000
-(--timed 5) took 14 minutes; PostgreSQL at 5 000 trials with 16 workers (--timed 3) took 7
-minutes, 3 of them the workers' cold trials. The full default run (10 timed trials, three
-storages) was not run whole there; estimated at about 2 hours on such a machine: about 35
-minutes each for sqlite and postgresql, and the rest for grpc, whose proxy reads the whole study
-from the database on every trial-list call (10 s a trial at 1 000 trials; --round-seconds caps
-each of its rounds). On a machine with a core per worker it takes a fraction of that.
+Runtime on a shared 2-core AMD EPYC (2026-11-28): the README's rows took about 3.5 minutes back
+to back and 5.5 minutes with --train-seconds 10, each with about 25 s filling the study and 95 s
+of the 16 workers' cold trials (each loads 5 000 trials). The full default run (10 timed
+trials, 1 000 and 5 000 trials, 1, 4 and 16 workers, three storages) takes well over an hour
+on such a machine; on a machine with a core per worker, a fraction of that.
 """
 
 from __future__ import annotations
@@ -434,6 +436,7 @@ class WorkerJob:
     scratch: str
     budget_s: float
     heartbeat: float
+    train_seconds: float = 0.0
     profile: str | None = None
 
 
@@ -477,11 +480,13 @@ def _work(
     from nasopt.config import load_config
     from nasopt.space import suggest
     from nasopt.study import create_or_load, make_sampler, open_storage
+    from nasopt.trial_record import set_user_attrs
+    from nasopt.worker import freeze_survivors
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # stale trials are counted, not logged
     cfg = load_config(STUDY_FILE)
     seed = cfg.study.seed + job.index
-    storage = open_storage(job.url, heartbeat=job.heartbeat)
+    storage = open_storage(job.url, heartbeat=job.heartbeat, read_notes=False)  # as nasopt.worker does
     study = create_or_load(job.study_name, cfg, storage, make_sampler("nsga2", cfg, seed), job.url)
     rng = random.Random(seed)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "index": job.index}
@@ -499,13 +504,17 @@ def _work(
         }
 
     current: list[int] = []
+    trained = [0.0]
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         current[:] = [trial._trial_id]
         arch, _ = suggest(trial, cfg.space)
+        # "Training": no CPU, the heartbeat thread beats meanwhile. Its length varies from trial to
+        # trial, as architectures' do, so workers that started together drift apart.
+        trained[:] = [rng.uniform(0.5, 1.5) * job.train_seconds]
+        time.sleep(trained[0])
         attrs, values, note = trial_record(rng, arch, trial.number, me, artifact_ids(trial))
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        set_user_attrs(trial, attrs)  # as the objective writes its record
         if job.record == "worker":
             save_note(trial, note)
         return values
@@ -513,11 +522,14 @@ def _work(
     result = WorkerResult(job.index)
 
     def one() -> tuple[float, float] | None:
-        """One trial as the worker runs it: (wall ms, CPU ms), or None when it was failed as stale."""
+        """One trial as the worker runs it: (wall ms, CPU ms) without the simulated training, or None
+        when it was failed as stale."""
         wall, cpu = time.perf_counter(), time.process_time()
         current.clear()
+        trained[:] = [0.0]
         try:
             study.optimize(objective, n_trials=1, gc_after_trial=True)
+            freeze_survivors()  # as nasopt.worker does after each trial
         except Exception:
             # The objective never fails: a failed trial was failed by another worker's stale-trial
             # check (its write then raises, or Optuna's tell does).
@@ -525,11 +537,12 @@ def _work(
                 raise
             result.stale += 1
             return None
-        return 1000 * (time.perf_counter() - wall), 1000 * (time.process_time() - cpu)
+        return 1000 * (time.perf_counter() - wall - trained[0]), 1000 * (time.process_time() - cpu)
 
     cold = one()
     result.cold_ms = cold[0] if cold else math.nan
     start.wait()
+    time.sleep(rng.uniform(0, job.train_seconds))  # workers join a running search at different moments
     deadline = time.monotonic() + job.budget_s  # CLOCK_MONOTONIC: the same clock in every process
     profiler = cProfile.Profile() if job.profile and job.index == 0 else None
     for _ in range(job.timed):
@@ -558,7 +571,16 @@ def run_round(url: str, study_name: str, n: int, args: argparse.Namespace, scrat
     start, finished, results = ctx.Barrier(n, timeout=3600), ctx.Value("i", 0), ctx.Queue()
     jobs = [
         WorkerJob(
-            url, study_name, i, args.timed, args.record, str(scratch), args.round_seconds, args.heartbeat, profile
+            url,
+            study_name,
+            i,
+            args.timed,
+            args.record,
+            str(scratch),
+            args.round_seconds,
+            args.heartbeat,
+            args.train_seconds,
+            profile,
         )
         for i in range(n)
     ]
@@ -610,6 +632,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--heartbeat", type=float, default=HEARTBEAT, help="seconds between heartbeats (nasopt's default is 60)"
     )
+    ap.add_argument(
+        "--train-seconds",
+        type=float,
+        default=0.0,
+        help="each trial sleeps 0.5-1.5 times this long between its ask and its record, as training would "
+        "(not timed), and workers start up to this long apart; 0: trials back to back, every worker "
+        "orchestrating all the time",
+    )
     ap.add_argument("--postgres", metavar="URL", help="a PostgreSQL database to use (default: a throwaway server)")
     ap.add_argument(
         "--record",
@@ -639,7 +669,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {cpu_model()}, {n_cores} cores; load average {os.getloadavg()[0]:.1f} at start")
     print(
         f"study: {STUDY_FILE.relative_to(ROOT)}, NSGA-II (population {cfg.study.population_size}), "
-        f"objectives {', '.join(cfg.study.objectives)}; heartbeat {args.heartbeat:g} s; record: {args.record}"
+        f"objectives {', '.join(cfg.study.objectives)}; heartbeat {args.heartbeat:g} s; record: {args.record}; "
+        + (
+            f"{args.train_seconds / 2:g}-{1.5 * args.train_seconds:g} s of simulated training per trial "
+            "(not in the figures)"
+            if args.train_seconds
+            else "trials back to back (no training)"
+        )
     )
     if max(args.workers) > n_cores:
         print(
@@ -671,7 +707,13 @@ def main(argv: list[str] | None = None) -> int:
     print(_verdict(rows))
     print(f"benchmark took {total:.0f} s ({fill_s:.0f} s filling studies)")
     if args.json:
-        meta = {"cpu": cpu_model(), "cores": n_cores, "record": args.record, "seconds": round(total, 1)}
+        meta = {
+            "cpu": cpu_model(),
+            "cores": n_cores,
+            "record": args.record,
+            "train_seconds": args.train_seconds,
+            "seconds": round(total, 1),
+        }
         Path(args.json).write_text(json.dumps({"machine": meta, "rows": rows}, indent=1))
     return 0
 
@@ -797,9 +839,11 @@ def _verdict(rows: list[dict[str, Any]]) -> str:
     return f"target ({goal}): {'met' if median < TARGET_MS else 'NOT met'}, {median:.1f} ms"
 
 
-def _print_profile(path: str, top: int = 25) -> None:
+def _print_profile(path: str, top: int = 40) -> None:
     out = io.StringIO()
-    pstats.Stats(path, stream=out).sort_stats("cumulative").print_stats(top)
+    stats = pstats.Stats(path, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top // 2)
     print(out.getvalue())
 
 

@@ -30,7 +30,7 @@ from nasopt.report import trial_note
 from nasopt.space import suggest
 from nasopt.study import DIRECTIONS
 from nasopt.train import FitResult, TrainingDiverged, fit
-from nasopt.trial_record import Key, predictions_json, val_key
+from nasopt.trial_record import Key, predictions_json, set_user_attrs, val_key
 
 
 class Objective:
@@ -62,13 +62,17 @@ class Objective:
         values = {val_key(k): v for k, v in result.metrics.items()}
         values[Key.PARAMS] = result.params
         values[Key.FLOPS] = count_flops(arch, self.cfg.train.input_size)
-        for key, value in values.items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr(Key.CURVE, result.curve)
-        trial.set_user_attr(Key.TRAIN_SECONDS, round(result.seconds, 2))
-        trial.set_user_attr(Key.SAMPLES_PER_S, round(result.train_samples_per_s, 1))
-        trial.set_user_attr(Key.NORM, list(result.norm))
-        trial.set_user_attr(Key.DEVICE, str(self.device))
+        set_user_attrs(
+            trial,
+            values
+            | {
+                Key.CURVE: result.curve,
+                Key.TRAIN_SECONDS: round(result.seconds, 2),
+                Key.SAMPLES_PER_S: round(result.train_samples_per_s, 1),
+                Key.NORM: list(result.norm),
+                Key.DEVICE: str(self.device),
+            },
+        )
         note = trial_note(
             trial.number,
             arch,
@@ -129,12 +133,17 @@ class Objective:
         )
         if decision.keep_going:
             return
-        trial.set_user_attr(Key.STOPPED_AT, int(epoch))
-        trial.set_user_attr(Key.STOP_REASON, decision.reason)
-        trial.set_user_attr(Key.PARAMS, values[Key.PARAMS])
-        trial.set_user_attr(Key.FLOPS, values[Key.FLOPS])
-        trial.set_user_attr(Key.CURVE, curve)
-        trial.set_user_attr(Key.TRAIN_SECONDS, round(seconds, 2))
+        set_user_attrs(
+            trial,
+            {
+                Key.STOPPED_AT: int(epoch),
+                Key.STOP_REASON: decision.reason,
+                Key.PARAMS: values[Key.PARAMS],
+                Key.FLOPS: values[Key.FLOPS],
+                Key.CURVE: curve,
+                Key.TRAIN_SECONDS: round(seconds, 2),
+            },
+        )
         metrics = {k.removeprefix("val_"): v for k, v in values.items() if k.startswith("val_")}
         note = trial_note(
             trial.number, arch, values[Key.PARAMS], values[Key.FLOPS], metrics, seconds, 0.0, str(self.device),
@@ -162,9 +171,11 @@ class Objective:
                 predictions_json([m["nodule"] for m in self.val.meta], self.val.labels, result.val_prob)
             )
             files.update(self._figures(trial.number, header, result, stem))
-            for key, path in files.items():
-                artifact_id = upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial)
-                trial.set_user_attr(key, artifact_id)
+            ids = {
+                key: upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial)
+                for key, path in files.items()
+            }
+            set_user_attrs(trial, ids)
 
     def _figures(self, number: int, header: CheckpointHeader, result: FitResult, stem: Path) -> dict[Key, Path]:
         """The learning curve and the attention of 2 benign and 2 malignant validation nodules."""

@@ -16,7 +16,7 @@ import optuna
 
 from nasopt.config import SpaceSection
 from nasopt.model.architecture import Architecture
-from nasopt.trial_record import Key
+from nasopt.trial_record import Key, set_user_attrs
 
 
 def repair_depth(blocks: list[int], low: int, high: int) -> list[int]:
@@ -68,6 +68,5 @@ def suggest(trial: optuna.Trial, space: SpaceSection) -> tuple[Architecture, dic
         "batch_size": trial.suggest_categorical("batch_size", space.batch_sizes),
     }
     arch = decode(trial.params, space)
-    trial.set_user_attr(Key.ARCH, arch.to_dict())
-    trial.set_user_attr(Key.ARCH_SUMMARY, arch.summary())
+    set_user_attrs(trial, {Key.ARCH: arch.to_dict(), Key.ARCH_SUMMARY: arch.summary()})
     return arch, hparams

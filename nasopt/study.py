@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 import random
 import sqlite3
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,13 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+from optuna.distributions import BaseDistribution, check_distribution_compatibility, distribution_to_json
 from optuna.exceptions import StorageInternalError
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from nasopt.config import StudyConfig, config_from_json
@@ -49,6 +54,8 @@ ARTIFACTS_ATTR = "nasopt_artifacts"
 HEARTBEAT = 60.0
 #: Failed trials (a dead worker's, a stopped one) are retried this many times with the same parameters.
 MAX_RETRY = 1
+#: optuna-dashboard keeps each note as study system attributes under this prefix.
+NOTE_PREFIX = "dashboard:"
 #: Transient database errors are retried with backoff 0.5, 1, 2, ... s, capped, for about this long.
 RETRY_SECONDS = 120.0
 
@@ -99,12 +106,19 @@ def _scrub(text: str, url: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-def open_storage(url: str | None = None, heartbeat: float | None = HEARTBEAT, create: bool = True) -> BaseStorage:
+def open_storage(
+    url: str | None = None, heartbeat: float | None = HEARTBEAT, create: bool = True, read_notes: bool = True
+) -> BaseStorage:
     """Open the storage behind ``url`` (creating a database's tables if needed).
 
     ``heartbeat`` is the seconds between a running trial's heartbeats (RDB storages only; ``None``
     for commands that only read). Reading commands pass ``create=False``: a missing SQLite or
     journal file is then an error instead of a new empty one left behind.
+
+    Workers pass ``read_notes=False``. optuna-dashboard keeps every trial's note as study system
+    attributes, and NSGA-II reads all of those on every trial: with the notes that read grows
+    with the study (most of a trial's orchestration time at 5 000 trials). A worker writes notes
+    but never reads them, so on RDB storages its reads leave them out.
     """
     url = storage_url(url)
     kind = scheme(url)
@@ -131,7 +145,7 @@ def open_storage(url: str | None = None, heartbeat: float | None = HEARTBEAT, cr
                 }
             for attempt in range(3):
                 try:
-                    return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+                    return ResilientRDBStorage(url, read_notes, engine_kwargs=engine_kwargs, **kwargs)
                 except sqlalchemy.exc.DBAPIError as exc:
                     # Workers that start together on a fresh database race to create its tables
                     # ("already exists", "duplicate key", "locked"); the losers find them made on
@@ -211,7 +225,68 @@ class ResilientRDBStorage(RDBStorage):
     A call that failed after its commit reached the database would be applied twice when
     retried; every call Optuna makes here either is idempotent or fails before the commit when
     the connection is gone, which is what a restart does.
+
+    With ``read_notes=False`` (workers), study system attributes read back without
+    optuna-dashboard's notes; see :func:`open_storage`.
     """
+
+    def __init__(self, url: str, read_notes: bool = True, **kwargs: Any) -> None:
+        self.read_notes = read_notes
+        super().__init__(url, **kwargs)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        if self.read_notes:
+            return super().get_study_system_attrs(study_id)
+        table = models.StudySystemAttributeModel.__table__
+        query = sqlalchemy.select(table.c.key, table.c.value_json).where(
+            table.c.study_id == study_id, sqlalchemy.not_(table.c.key.startswith(NOTE_PREFIX, autoescape=True))
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            self.get_study_name_from_id(study_id)  # a missing study raises KeyError, as Optuna's does
+        return {key: json.loads(value) for key, value in rows}
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+        previous_distribution: BaseDistribution | None,
+    ) -> None:
+        """One statement per parameter where Optuna's cache layer knows the parameter's earlier
+        distribution (every trial's 21 genes after the study's first); Optuna's own way otherwise."""
+        if previous_distribution is None:
+            return super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
+        check_distribution_compatibility(previous_distribution, distribution)
+        params, trials = models.TrialParamModel.__table__, models.TrialModel.__table__
+        row = sqlalchemy.select(
+            trials.c.trial_id,
+            sqlalchemy.literal(param_name),
+            sqlalchemy.literal(param_value_internal, sqlalchemy.Float),
+            sqlalchemy.literal(distribution_to_json(distribution)),
+        ).where(trials.c.trial_id == trial_id, trials.c.state.in_([TrialState.RUNNING, TrialState.WAITING]))
+        columns = ["trial_id", "param_name", "param_value", "distribution_json"]
+        with self.engine.begin() as conn:
+            inserted = conn.execute(sqlalchemy.insert(params).from_select(columns, row)).rowcount
+        if not inserted:  # no such trial, or a finished one: Optuna's own call raises its own error
+            super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous_distribution)
+
+    @_retrying
+    def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """Several user attributes of a running trial in one transaction (Optuna commits each
+        alone); see :func:`nasopt.trial_record.set_user_attrs`."""
+        if not attrs:
+            return
+        table = models.TrialUserAttributeModel.__table__
+        rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+        with _create_scoped_session(self.scoped_session, True) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+            self.check_trial_is_updatable(trial_id, trial.state)
+            # Three statements, any database: Optuna's one-at-a-time upsert takes two per attribute.
+            session.execute(sqlalchemy.delete(table).where(table.c.trial_id == trial_id, table.c.key.in_(list(attrs))))
+            session.execute(sqlalchemy.insert(table), rows)
 
 
 # Every storage call Optuna makes, the heartbeat's included, goes through the retry: the public
@@ -219,7 +294,7 @@ class ResilientRDBStorage(RDBStorage):
 _CACHE_CALLS = {"_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param"}
 for _name, _method in vars(RDBStorage).items():
     if inspect.isfunction(_method) and (not _name.startswith("_") or _name in _CACHE_CALLS):
-        setattr(ResilientRDBStorage, _name, _retrying(_method))
+        setattr(ResilientRDBStorage, _name, _retrying(vars(ResilientRDBStorage).get(_name, _method)))
 
 
 def _prepare_sqlite(parsed: sqlalchemy.URL, create: bool = True) -> dict[str, Any]:

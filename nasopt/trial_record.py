@@ -7,12 +7,14 @@ them. Keep values small: optuna-dashboard loads every trial's attributes into it
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 from optuna.trial import FrozenTrial
 
 from nasopt.errors import DataError
@@ -45,6 +47,21 @@ class Key(StrEnum):
 def val_key(metric: str) -> str:
     """The user attribute of a validation metric (``accuracy`` -> ``val_accuracy``)."""
     return f"val_{metric}"
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """Write several user attributes of a running trial: in one transaction on a database
+    storage (each commit costs the database a disk flush), else one by one."""
+    # Optuna's cache layer sits in front of every RDB storage; the batch call is nasopt's
+    # ResilientRDBStorage.set_trial_user_attrs. The trial's own copy is updated as
+    # Trial.set_user_attr updates it (tests/test_storage.py holds both to Optuna's behaviour).
+    storage = getattr(trial.storage, "_backend", trial.storage)
+    if hasattr(storage, "set_trial_user_attrs"):
+        storage.set_trial_user_attrs(trial._trial_id, attrs)
+        trial._cached_frozen_trial.user_attrs.update(attrs)
+    else:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
 
 
 @dataclass(frozen=True)

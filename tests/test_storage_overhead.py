@@ -4,8 +4,20 @@ from tests.test_benchmarks import run
 
 
 def test_storage_overhead_prints_a_sqlite_row():
-    args = ["--trials-in-study", "20", "--workers", "2", "--storages", "sqlite", "--timed", "3"]
+    args = [
+        "--trials-in-study",
+        "20",
+        "--workers",
+        "2",
+        "--storages",
+        "sqlite",
+        "--timed",
+        "3",
+        "--train-seconds",
+        "0.2",
+    ]
     out = run("storage_overhead.py", *args)
+    assert "0.1-0.3 s of simulated training per trial (not in the figures)" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("sqlite ")]
     assert rows, out
     # storage | trials | workers | median ms | p90 ms | cpu ms | cold ms | timed
