@@ -22,10 +22,12 @@ A worker's first trial (which loads the whole study into Optuna's cache) is repo
 same throughout. By default trials run back to back: every worker orchestrates all the time,
 which measures what the storage sustains, not what a training worker pays. ``--train-seconds S``
 puts a sleep of 0.5-1.5 S (drawn per trial) between a trial's ask and its record, as training
-would, and starts the workers up to S apart; the sleep is not in the figures. A row's median and p90 are over all timed trials of all workers; ``cpu`` is the
-median CPU time of the worker process itself, so ``ms - cpu`` is time spent waiting for the
-database, the proxy or a core; ``stale`` counts trials another worker failed because their
-heartbeat was late (``--heartbeat`` 2 s gives a 6 s grace period; an overloaded machine misses it).
+would, and starts the workers up to S apart; the sleep is not in the figures. A row's median
+and p90 are over all timed trials of all workers; ``cpu`` is the median CPU time of the worker
+process itself, so ``ms - cpu`` is time spent waiting for the database, the proxy or a core
+(with ``--train-seconds``, ``cpu`` includes the heartbeat thread's during the sleep);
+``stale`` counts trials another worker failed because their heartbeat was late (``--heartbeat``
+2 s gives a 6 s grace period; an overloaded machine misses it).
 
 Studies are filled before timing, in one transaction of bulk inserts into Optuna's tables, with
 trials like the ones the benchmark makes (same distributions as ``suggest`` creates, NSGA-II
