@@ -21,13 +21,13 @@ def test_search_runs_trials_into_sqlite_and_resumes(tmp_path, cache_dir):
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{db}")
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert [t.number for t in trials] == [0, 1]
-    assert study.metric_names == ["val_accuracy", "params"]
+    assert study.metric_names == ["val_auc", "params"]  # studies/demo.toml's objectives
     for t in trials:
         a = t.user_attrs
         assert {"stages", "cbam_stem", "cbam_stages", "margin"} <= set(a["arch"])
         for m in ("accuracy", "sensitivity", "specificity", "f1", "auc"):
             assert f"val_{m}" in a
-        assert t.values == [a["val_accuracy"], a["params"]]
+        assert t.values == [a["val_auc"], a["params"]]
         assert len(a["curve"]) == 1 and a["curve"][0]["epoch"] == 1
         assert (tmp_path / "storage" / "artifacts" / a["artifact_weights"]).is_file()
     assert any(cache_dir.glob("phantom-*.safetensors"))  # prepared on first use
