@@ -6,7 +6,7 @@ random search, NSGA-II and TPE training every trial to the full budget, and NSGA
 search with MO-ASHA early stopping (``nasopt.fidelity.MOASHA(1, 9, 3)``: rungs after epochs 1 and
 3 of 9). Each replay is a real in-memory multi-objective Optuna study (objectives val_accuracy,
 maximised, and params, minimised, the study file's defaults) with the real sampler
-(``nasopt.study.make_sampler``) and the real genome (``nasopt.space.suggest``); only training is a
+(``nasopt.sampler.make_sampler``) and the real genome (``nasopt.space.suggest``); only training is a
 table lookup.
 
     python benchmarks/search_efficiency.py                        # the default replay below
@@ -239,8 +239,8 @@ def replay(table: Table, method: str, workers: int, budget: int, seed: int) -> R
 
     from nasopt.fidelity import MOASHA, to_minimize
     from nasopt.report import HV_REFERENCE, hypervolume_2d
+    from nasopt.sampler import make_sampler
     from nasopt.space import suggest
-    from nasopt.study import make_sampler
 
     t0 = time.perf_counter()
     sampler_name, early = METHODS[method]

@@ -2,19 +2,20 @@
 record cost each trial, with no training.
 
 Each worker is its own process and runs trials the way ``nasopt worker`` does: the study is
-created or loaded with ``nasopt.study.create_or_load`` (studies/naslung.toml: NSGA-II,
-val_accuracy against params), the storage is opened with ``open_storage(url, heartbeat=2.0,
-read_notes=False)`` (so Optuna's heartbeat thread runs and stale trials are looked for before
-each trial), and each trial is one ``study.optimize(objective, n_trials=1, gc_after_trial=True)``
-followed by ``nasopt.worker.freeze_survivors()``. The objective suggests the real search space
-(``nasopt.space.suggest``) and writes a realistic trial record in one transaction
-(``nasopt.trial_record.set_user_attrs``): the worker's user attributes (arch, params, FLOPs, a
-20-epoch curve, timings, norm, device, worker, five validation metrics) and, as
-``nasopt.objective.Objective`` does, the dashboard note
-(``save_note``: study system attributes) and four artifacts (``upload_artifact`` of a few bytes
-each: a trial system attribute apiece). ``--record attrs`` writes the user attributes only, with
-artifact ids as uuid strings, to show what the note and the artifact records cost. Values are
-drawn at random.
+created or loaded with ``nasopt.study.create_or_load`` and ``nasopt.sampler.make_sampler``
+(studies/naslung.toml: NSGA-II, val_accuracy against params), the storage is opened with
+``open_storage(url, heartbeat=2.0, read_notes=False)`` (so Optuna's heartbeat thread runs and
+stale trials are looked for before each trial), and each trial is one
+``study.optimize(objective, n_trials=1, gc_after_trial=True)`` followed by
+``nasopt.worker.freeze_survivors()``. The objective suggests the real search space
+(``nasopt.space.suggest``: the genes and the architecture in one commit) and, as
+``nasopt.objective.Objective`` does, writes a realistic trial record and four artifacts
+(``upload_artifact`` of a few bytes each: a trial system attribute apiece) in one
+``nasopt.trial_record.deferred_writes`` block, then the dashboard note
+(``nasopt.trial_record.save_note``: study system attributes). The record is the worker's user
+attributes: arch, params, FLOPs, a 20-epoch curve, timings, norm, device, worker, five
+validation metrics. ``--record attrs`` writes the user attributes only, with artifact ids as
+uuid strings, to show what the note and the artifact records cost. Values are drawn at random.
 
 A worker's first trial (which loads the whole study into Optuna's cache) is reported apart, as
 ``cold``; then all workers start together and each times ``--timed`` trials (none started after
@@ -300,7 +301,8 @@ def fill(db_url: str, study_name: str, target: int, cfg: Any, record: str, seed:
     tables), with NSGA-II's parent cache computed as the workers would have; returns the trials added."""
     import optuna
 
-    from nasopt.study import create_or_load, make_sampler, open_storage
+    from nasopt.sampler import make_sampler
+    from nasopt.study import create_or_load, open_storage
 
     storage = open_storage(db_url, heartbeat=None)
     sampler = make_sampler("nsga2", cfg, seed)
@@ -477,12 +479,12 @@ def _work(
 ) -> WorkerResult:
     import optuna
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-    from optuna_dashboard import save_note
 
     from nasopt.config import load_config
+    from nasopt.sampler import make_sampler
     from nasopt.space import suggest
-    from nasopt.study import create_or_load, make_sampler, open_storage
-    from nasopt.trial_record import set_user_attrs
+    from nasopt.study import create_or_load, open_storage
+    from nasopt.trial_record import deferred_writes, save_note, set_user_attrs
     from nasopt.worker import freeze_survivors
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # stale trials are counted, not logged
@@ -515,8 +517,9 @@ def _work(
         # trial, as architectures' do, so workers that started together drift apart.
         trained[:] = [rng.uniform(0.5, 1.5) * job.train_seconds]
         time.sleep(trained[0])
-        attrs, values, note = trial_record(rng, arch, trial.number, me, artifact_ids(trial))
-        set_user_attrs(trial, attrs)  # as the objective writes its record
+        with deferred_writes(trial):  # as the objective writes its record and artifact ids
+            attrs, values, note = trial_record(rng, arch, trial.number, me, artifact_ids(trial))
+            set_user_attrs(trial, attrs)
         if job.record == "worker":
             save_note(trial, note)
         return values

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     from nasopt.data.prepare import load_data
     from nasopt.data.splits import study_sets
     from nasopt.objective import Objective
-    from nasopt.study import create_or_load, make_sampler, open_storage
+    from nasopt.sampler import make_sampler
+    from nasopt.study import create_or_load, open_storage
 
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -16,7 +16,6 @@ from pathlib import Path
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna_dashboard import save_note
 
 from nasopt import figures
 from nasopt.attention import example_rows
@@ -30,7 +29,7 @@ from nasopt.report import trial_note
 from nasopt.space import suggest
 from nasopt.study import DIRECTIONS
 from nasopt.train import FitResult, TrainingDiverged, fit
-from nasopt.trial_record import Key, predictions_json, set_user_attrs, val_key
+from nasopt.trial_record import Key, deferred_writes, predictions_json, save_note, set_user_attrs, val_key
 
 
 class Objective:
@@ -62,17 +61,17 @@ class Objective:
         values = {val_key(k): v for k, v in result.metrics.items()}
         values[Key.PARAMS] = result.params
         values[Key.FLOPS] = count_flops(arch, self.cfg.train.input_size)
-        set_user_attrs(
-            trial,
-            values
-            | {
-                Key.CURVE: result.curve,
-                Key.TRAIN_SECONDS: round(result.seconds, 2),
-                Key.SAMPLES_PER_S: round(result.train_samples_per_s, 1),
-                Key.NORM: list(result.norm),
-                Key.DEVICE: str(self.device),
-            },
-        )
+        record = {
+            Key.CURVE: result.curve,
+            Key.TRAIN_SECONDS: round(result.seconds, 2),
+            Key.SAMPLES_PER_S: round(result.train_samples_per_s, 1),
+            Key.NORM: list(result.norm),
+            Key.DEVICE: str(self.device),
+        }
+        with deferred_writes(trial):  # the record and the artifact ids: one commit
+            set_user_attrs(trial, values | record)
+            if self.artifacts is not None:
+                self._upload(trial, arch, result)
         note = trial_note(
             trial.number,
             arch,
@@ -84,8 +83,6 @@ class Objective:
             str(self.device),
         )
         save_note(trial, note)
-        if self.artifacts is not None:
-            self._upload(trial, arch, result)
         return tuple(float(values[o]) for o in self.cfg.study.objectives)
 
     def _fit(self, trial: optuna.Trial, arch: Architecture, hparams: dict) -> FitResult:

@@ -16,7 +16,7 @@ import optuna
 
 from nasopt.config import SpaceSection
 from nasopt.model.architecture import Architecture
-from nasopt.trial_record import Key, set_user_attrs
+from nasopt.trial_record import Key, deferred_writes, set_user_attrs
 
 
 def repair_depth(blocks: list[int], low: int, high: int) -> list[int]:
@@ -56,17 +56,18 @@ def decode(params: dict[str, Any], space: SpaceSection) -> Architecture:
 def suggest(trial: optuna.Trial, space: SpaceSection) -> tuple[Architecture, dict[str, Any]]:
     """Suggest every gene, decode, and record the architecture on the trial as ``arch``."""
     lo, hi = space.blocks_per_stage
-    for s in range(space.stages):
-        trial.suggest_int(f"blocks_{s}", lo, hi)
-        for b in range(hi):
-            trial.suggest_categorical(f"width_{s}_{b}", space.widths)
-        trial.suggest_categorical(f"cbam_{s}", space.cbam)
-    trial.suggest_categorical("cbam_stem", space.cbam)
-    trial.suggest_categorical("margin", space.margins)
-    hparams = {
-        "lr": trial.suggest_float("lr", *space.lr, log=True),
-        "batch_size": trial.suggest_categorical("batch_size", space.batch_sizes),
-    }
-    arch = decode(trial.params, space)
-    set_user_attrs(trial, {Key.ARCH: arch.to_dict(), Key.ARCH_SUMMARY: arch.summary()})
+    with deferred_writes(trial):  # the genes and the architecture: one commit
+        for s in range(space.stages):
+            trial.suggest_int(f"blocks_{s}", lo, hi)
+            for b in range(hi):
+                trial.suggest_categorical(f"width_{s}_{b}", space.widths)
+            trial.suggest_categorical(f"cbam_{s}", space.cbam)
+        trial.suggest_categorical("cbam_stem", space.cbam)
+        trial.suggest_categorical("margin", space.margins)
+        hparams = {
+            "lr": trial.suggest_float("lr", *space.lr, log=True),
+            "batch_size": trial.suggest_categorical("batch_size", space.batch_sizes),
+        }
+        arch = decode(trial.params, space)
+        set_user_attrs(trial, {Key.ARCH: arch.to_dict(), Key.ARCH_SUMMARY: arch.summary()})
     return arch, hparams

@@ -16,15 +16,12 @@ Passwords never reach logs or errors.
 
 from __future__ import annotations
 
-import functools
-import inspect
-import json
 import os
 import random
 import sqlite3
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,18 +29,14 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
-from optuna.distributions import BaseDistribution, check_distribution_compatibility, distribution_to_json
-from optuna.exceptions import StorageInternalError
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
-from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from nasopt.config import StudyConfig, config_from_json
 from nasopt.errors import ConfigError, StorageError
 from nasopt.fidelity import MOASHA
+from nasopt.rdb_storage import ResilientRDBStorage
 
 DEFAULT_STORAGE = "sqlite:///storage/nasopt.db"
 DIRECTIONS = {"val_accuracy": "maximize", "val_auc": "maximize", "params": "minimize", "flops": "minimize"}
@@ -54,10 +47,6 @@ ARTIFACTS_ATTR = "nasopt_artifacts"
 HEARTBEAT = 60.0
 #: Failed trials (a dead worker's, a stopped one) are retried this many times with the same parameters.
 MAX_RETRY = 1
-#: optuna-dashboard keeps each note as study system attributes under this prefix.
-NOTE_PREFIX = "dashboard:"
-#: Transient database errors are retried with backoff 0.5, 1, 2, ... s, capped, for about this long.
-RETRY_SECONDS = 120.0
 
 
 @contextmanager
@@ -193,110 +182,6 @@ def _open_journal(url: str, create: bool) -> BaseStorage:
         raise StorageError(f"cannot open journal storage {path}: {exc.strerror or exc}") from None
 
 
-def _transient(exc: BaseException) -> bool:
-    """A lost connection or a restarting server, as opposed to a bad statement."""
-    cause = exc.__cause__ if isinstance(exc, StorageInternalError) else exc
-    return isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
-        isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
-    )
-
-
-def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        deadline, delay = time.monotonic() + RETRY_SECONDS, 0.5
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
-                if not _transient(exc) or time.monotonic() + delay > deadline:
-                    raise
-                # Jitter keeps many workers from reconnecting in lockstep after a restart.
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(2 * delay, 8.0)
-
-    return call
-
-
-class ResilientRDBStorage(RDBStorage):
-    """Optuna's RDB storage whose calls survive a database restart: pre-pinged connections, and
-    each call retried with exponential backoff on transient errors for up to ``RETRY_SECONDS``.
-
-    A call that failed after its commit reached the database would be applied twice when
-    retried; every call Optuna makes here either is idempotent or fails before the commit when
-    the connection is gone, which is what a restart does.
-
-    With ``read_notes=False`` (workers), study system attributes read back without
-    optuna-dashboard's notes; see :func:`open_storage`.
-    """
-
-    def __init__(self, url: str, read_notes: bool = True, **kwargs: Any) -> None:
-        self.read_notes = read_notes
-        super().__init__(url, **kwargs)
-
-    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
-        if self.read_notes:
-            return super().get_study_system_attrs(study_id)
-        table = models.StudySystemAttributeModel.__table__
-        query = sqlalchemy.select(table.c.key, table.c.value_json).where(
-            table.c.study_id == study_id, sqlalchemy.not_(table.c.key.startswith(NOTE_PREFIX, autoescape=True))
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        if not rows:
-            self.get_study_name_from_id(study_id)  # a missing study raises KeyError, as Optuna's does
-        return {key: json.loads(value) for key, value in rows}
-
-    def _set_trial_param(
-        self,
-        trial_id: int,
-        param_name: str,
-        param_value_internal: float,
-        distribution: BaseDistribution,
-        previous_distribution: BaseDistribution | None,
-    ) -> None:
-        """One statement per parameter where Optuna's cache layer knows the parameter's earlier
-        distribution (every trial's 21 genes after the study's first); Optuna's own way otherwise."""
-        if previous_distribution is None:
-            return super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, None)
-        check_distribution_compatibility(previous_distribution, distribution)
-        params, trials = models.TrialParamModel.__table__, models.TrialModel.__table__
-        row = sqlalchemy.select(
-            trials.c.trial_id,
-            sqlalchemy.literal(param_name),
-            sqlalchemy.literal(param_value_internal, sqlalchemy.Float),
-            sqlalchemy.literal(distribution_to_json(distribution)),
-        ).where(trials.c.trial_id == trial_id, trials.c.state.in_([TrialState.RUNNING, TrialState.WAITING]))
-        columns = ["trial_id", "param_name", "param_value", "distribution_json"]
-        with self.engine.begin() as conn:
-            inserted = conn.execute(sqlalchemy.insert(params).from_select(columns, row)).rowcount
-        if not inserted:  # no such trial, or a finished one: Optuna's own call raises its own error
-            super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous_distribution)
-
-    @_retrying
-    def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
-        """Several user attributes of a running trial in one transaction (Optuna commits each
-        alone); see :func:`nasopt.trial_record.set_user_attrs`."""
-        if not attrs:
-            return
-        table = models.TrialUserAttributeModel.__table__
-        rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-        with _create_scoped_session(self.scoped_session, True) as session:
-            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-            self.check_trial_is_updatable(trial_id, trial.state)
-            # Three statements, any database: Optuna's one-at-a-time upsert takes two per attribute.
-            session.execute(sqlalchemy.delete(table).where(table.c.trial_id == trial_id, table.c.key.in_(list(attrs))))
-            session.execute(sqlalchemy.insert(table), rows)
-
-
-# Every storage call Optuna makes, the heartbeat's included, goes through the retry: the public
-# methods, and the private ones Optuna's cache layer (in front of every study's storage) calls.
-_CACHE_CALLS = {"_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param"}
-for _name, _method in vars(RDBStorage).items():
-    if inspect.isfunction(_method) and (not _name.startswith("_") or _name in _CACHE_CALLS):
-        setattr(ResilientRDBStorage, _name, _retrying(vars(ResilientRDBStorage).get(_name, _method)))
-
-
 def _prepare_sqlite(parsed: sqlalchemy.URL, create: bool = True) -> dict[str, Any]:
     """Create the folder, switch the file to WAL (persistent) and set a busy timeout."""
     db = parsed.database
@@ -365,21 +250,6 @@ def study_artifacts(
 ) -> FileSystemArtifactStore | Boto3ArtifactStore:
     """The artifact store recorded on ``study``."""
     return open_artifact_store(artifact_location(study, url), create)
-
-
-def make_sampler(name: str, cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    seed = cfg.study.seed if seed is None else seed
-    pop = cfg.study.population_size
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
-    if name == "nsga3":
-        with quiet_experimental():
-            return optuna.samplers.NSGAIIISampler(population_size=pop, seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ConfigError(f"--sampler {name!r}: choose one of nsga2, nsga3, tpe, random")
 
 
 def make_fidelity(cfg: StudyConfig) -> MOASHA | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
+from optuna_dashboard import save_note as dashboard_save_note
 
 from nasopt.errors import DataError
 from nasopt.model.architecture import Architecture
@@ -49,19 +51,46 @@ def val_key(metric: str) -> str:
     return f"val_{metric}"
 
 
+def _batching(trial: optuna.Trial) -> Any:
+    """nasopt's ResilientRDBStorage behind Optuna's cache layer (which sits in front of every RDB
+    storage), or ``None`` for storages that commit each write alone (journal, gRPC proxy)."""
+    backend = getattr(trial.storage, "_backend", trial.storage)
+    return backend if hasattr(backend, "deferred") else None
+
+
+def deferred_writes(trial: optuna.Trial) -> AbstractContextManager[None]:
+    """A block whose writes to ``trial`` (parameters, user attributes, artifact records) commit
+    together when it ends: one database transaction instead of one per write, each of which
+    costs the database a disk flush. Elsewhere, each write commits as it is made."""
+    backend = _batching(trial)
+    return backend.deferred(trial._trial_id) if backend else nullcontext()
+
+
 def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """Write several user attributes of a running trial: in one transaction on a database
-    storage (each commit costs the database a disk flush), else one by one."""
-    # Optuna's cache layer sits in front of every RDB storage; the batch call is nasopt's
-    # ResilientRDBStorage.set_trial_user_attrs. The trial's own copy is updated as
-    # Trial.set_user_attr updates it (tests/test_storage.py holds both to Optuna's behaviour).
-    storage = getattr(trial.storage, "_backend", trial.storage)
-    if hasattr(storage, "set_trial_user_attrs"):
-        storage.set_trial_user_attrs(trial._trial_id, attrs)
-        trial._cached_frozen_trial.user_attrs.update(attrs)
-    else:
+    storage, else one by one."""
+    backend = _batching(trial)
+    if backend is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        return
+    backend.set_trial_user_attrs(trial._trial_id, attrs)
+    # The trial's own copy, updated as Trial.set_user_attr updates it (tests/test_storage.py
+    # holds both to Optuna's behaviour).
+    trial._cached_frozen_trial.user_attrs.update(attrs)
+
+
+def save_note(trial: optuna.Trial, body: str) -> None:
+    """optuna-dashboard's ``save_note`` for a trial, in one transaction on a database storage.
+
+    The dashboard's own call reads every study system attribute twice (all notes of the study)
+    and commits each part of the note alone.
+    """
+    backend = _batching(trial)
+    if backend is None:
+        dashboard_save_note(trial, body)
+    else:
+        backend.save_trial_note(trial.study._study_id, trial._trial_id, body)
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,12 @@ from nasopt.config import StudyConfig
 from nasopt.data.prepare import load_data
 from nasopt.data.splits import study_sets
 from nasopt.objective import Objective
+from nasopt.sampler import make_sampler
 from nasopt.study import (
     HEARTBEAT,
     artifact_location,
     create_or_load,
     make_fidelity,
-    make_sampler,
     open_storage,
     quiet_experimental,
     redact,
@@ -115,7 +115,7 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
     return complete, len(trials) - complete
 
 
-def _room(study: optuna.Study, max_trials: int, heartbeat: bool, guard: _SigtermGuard) -> bool:
+def _room(study: optuna.Study, max_trials: int, heartbeat: bool, guard: _SignalGuard) -> bool:
     """Wait until the study has room for a trial (``True``) or its budget is met (``False``)."""
     while True:
         if heartbeat:
@@ -132,39 +132,50 @@ def _room(study: optuna.Study, max_trials: int, heartbeat: bool, guard: _Sigterm
             time.sleep(POLL)
 
 
-class _SigtermGuard:
-    """Turns SIGTERM into :class:`Stopped`, raised only where it is safe: while data loads or a
-    trial trains, never inside a storage call (elsewhere it is raised at the next safe point)."""
+class _SignalGuard:
+    """Turns SIGTERM into :class:`Stopped` and Ctrl-C (SIGINT) into ``KeyboardInterrupt``, raised
+    only where it is safe: while data loads or a trial trains, never inside a storage call
+    (elsewhere it is raised at the next safe point, or when the guard is left). An interrupt
+    inside a storage call broke the call's connection mid-statement and printed the pool's
+    traceback."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested: type[BaseException] | None = None
         self.safe = False
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self.requested = Stopped if signum == signal.SIGTERM else KeyboardInterrupt
         if self.safe:
             self.safe = False
-            raise Stopped()
+            raise self.requested()
+
+    def raise_requested(self) -> None:
+        if self.requested is not None:
+            raise self.requested()
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        previous = signal.signal(signal.SIGTERM, self._handle)
+        signals = [signal.SIGTERM]
+        # A job started in the background without job control ignores SIGINT: keep it so.
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signals.append(signal.SIGINT)
+        previous = {s: signal.signal(s, self._handle) for s in signals}
         try:
             yield
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.raise_requested()
 
     @contextmanager
     def interruptible(self) -> Iterator[None]:
-        if self.requested:
-            raise Stopped()
+        self.raise_requested()
         self.safe = True
         try:
             yield
         finally:
             self.safe = False
-        if self.requested:
-            raise Stopped()
+        self.raise_requested()
 
 
 def _report(console: Console):
@@ -217,7 +228,7 @@ def run_search(
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
-    guard = _SigtermGuard()
+    guard = _SignalGuard()
     with guard.installed():
         storage = open_storage(url, heartbeat=heartbeat, read_notes=False)
         sampler = make_sampler(sampler_name or cfg.study.sampler, cfg, seed)
@@ -253,7 +264,7 @@ def run_search(
 
 
 def _loop(
-    study: optuna.Study, objective: Objective, budget: Budget, me: dict, guard: _SigtermGuard, console: Console
+    study: optuna.Study, objective: Objective, budget: Budget, me: dict, guard: _SignalGuard, console: Console
 ) -> None:
     """Run trials one at a time until a budget is spent (or SIGTERM: :class:`Stopped`)."""
     current: list[int] = []
@@ -279,8 +290,7 @@ def _loop(
     heartbeat = is_heartbeat_enabled(study._storage)
     t0, done = time.monotonic(), 0
     while True:
-        if guard.requested:
-            raise Stopped()
+        guard.raise_requested()
         if budget.n_trials is not None and done >= budget.n_trials:
             return
         if budget.timeout is not None and time.monotonic() - t0 >= budget.timeout:

@@ -15,7 +15,8 @@ from nasopt.data.prepare import load_data
 from nasopt.data.splits import study_sets
 from nasopt.ensemble import load_ensemble
 from nasopt.inference import center_crop
-from nasopt.study import create_or_load, load_study, make_sampler, open_storage
+from nasopt.sampler import make_sampler
+from nasopt.study import create_or_load, load_study, open_storage
 from nasopt.trial_record import Key, read_predictions, val_key
 from tests.conftest import assert_user_error, nasopt
 

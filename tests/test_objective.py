@@ -5,7 +5,8 @@ import torch
 from nasopt.config import load_config
 from nasopt.model import Architecture, count_flops
 from nasopt.objective import Objective
-from nasopt.study import create_or_load, make_sampler, open_storage
+from nasopt.sampler import make_sampler
+from nasopt.study import create_or_load, open_storage
 from tests.conftest import blob_set
 
 

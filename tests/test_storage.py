@@ -1,18 +1,24 @@
 """The storage layer's own promises, on real SQLite and PostgreSQL databases: workers leave
-optuna-dashboard's notes out of what they read, a trial's record is one commit, and a parameter
-the study has seen before is one statement."""
+optuna-dashboard's notes out of what they read, a trial's writes and its note are one commit each,
+and trials read back exactly as Optuna's own storage reads them."""
 
 from __future__ import annotations
 
 import optuna
 import pytest
 import sqlalchemy
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna_dashboard import get_note, save_note
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial
+from optuna_dashboard import get_note
+from optuna_dashboard import save_note as dashboard_save_note
+from optuna_dashboard._note import get_note_from_system_attrs
 
-from nasopt.study import NOTE_PREFIX, open_storage
-from nasopt.trial_record import set_user_attrs
+from nasopt.rdb_storage import NOTE_PREFIX
+from nasopt.study import open_storage
+from nasopt.trial_record import deferred_writes, save_note, set_user_attrs
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -34,7 +40,7 @@ def test_a_worker_writes_notes_that_the_dashboard_reads_but_does_not_read_them_b
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         x = trial.suggest_float("x", 0, 1)
-        save_note(trial, f"## Trial {trial.number}\n{long}")
+        dashboard_save_note(trial, f"## Trial {trial.number}\n{long}")
         return x, 1 - x
 
     study.optimize(objective, n_trials=6)  # three NSGA-II generations: parent caches are written and read
@@ -76,23 +82,118 @@ def test_storages_without_the_batch_call_get_the_attributes_one_by_one(tmp_path)
     assert trial.user_attrs == {"a": 1, "b": [2, 3]}
 
 
-def test_a_known_parameter_is_one_statement_with_optunas_checks(url):
+def _commits(storage) -> list[int]:
+    commits: list[int] = []
+    sqlalchemy.event.listen(storage.engine, "commit", lambda conn: commits.append(1))
+    return commits
+
+
+def test_a_deferred_block_is_one_commit_with_optunas_checks(url, tmp_path):
     storage = open_storage(url, heartbeat=None)
-    study = _study(storage, "params")
-    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_int("n", 1, 4)), n_trials=1)
+    study = _study(storage, "deferred")
+    first = study.ask()
+    with deferred_writes(first):  # the study's first sight of each parameter: written at once, Optuna's way
+        first.suggest_float("x", 0, 1)
+        first.suggest_int("n", 1, 4)
+        assert storage.get_trial(first._trial_id).params == first.params
+    study.tell(first, (0.5, 2))
+
     trial = study.ask()
-    statements: list[str] = []
-    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
-    x, n = trial.suggest_float("x", 0, 1), trial.suggest_int("n", 1, 4)
-    writes = [s for s in statements if "trial_params" in s and not s.startswith("SELECT")]
-    # Each parameter is one INSERT ... SELECT that checks the trial's state (Optuna: SELECT, INSERT).
-    assert len(writes) == 2 and all(w.startswith("INSERT INTO trial_params") and "SELECT" in w for w in writes)
-    study.tell(trial, (x, n))
+    store = FileSystemArtifactStore(str(tmp_path))
+    (tmp_path / "w.bin").write_bytes(b"weights")
+    commits = _commits(storage)
+    with deferred_writes(trial):
+        x, n = trial.suggest_float("x", 0, 1), trial.suggest_int("n", 1, 4)
+        set_user_attrs(trial, {"arch": [4, 8], "params": 12})
+        artifact = upload_artifact(artifact_store=store, file_path=str(tmp_path / "w.bin"), study_or_trial=trial)
+        with deferred_writes(trial):  # nested: the outer block commits
+            set_user_attrs(trial, {"params": 13})
+        assert not commits
+        assert storage.get_trial(trial._trial_id).params == {}  # nothing written yet
+    assert len(commits) == 1
     stored = storage.get_trial(trial._trial_id)
-    assert stored.params == {"x": x, "n": n}
+    assert stored.params == {"x": x, "n": n} == trial.params
     assert stored.distributions == {"x": FloatDistribution(0, 1), "n": IntDistribution(1, 4)}
-    with pytest.raises(UpdateFinishedTrialError):  # the trial is finished: Optuna's own error
-        storage.set_trial_param(trial._trial_id, "y", 0.5, FloatDistribution(0, 1))
-    late = study.ask()
-    with pytest.raises(ValueError, match="Cannot set different distribution"):
-        late.suggest_categorical("x", ["a", "b"])
+    assert stored.user_attrs == {"arch": [4, 8], "params": 13} == trial.user_attrs
+    assert [m.artifact_id for m in get_all_artifact_meta(stored, storage=storage)] == [artifact]  # as Optuna records it
+    with pytest.raises(ValueError, match="Cannot set different distribution"):  # checked at once, as Optuna does
+        with deferred_writes(trial):
+            trial.suggest_categorical("x", ["a", "b"])
+
+    commits.clear()
+    with pytest.raises(RuntimeError), deferred_writes(trial):  # a block that raises still commits its writes
+        set_user_attrs(trial, {"fail_reason": "diverged"})
+        raise RuntimeError
+    assert len(commits) == 1 and storage.get_trial(trial._trial_id).user_attrs["fail_reason"] == "diverged"
+
+    study.tell(trial, (x, n))
+    with pytest.raises(UpdateFinishedTrialError), deferred_writes(trial):  # the state is checked at the commit
+        set_user_attrs(trial, {"params": 1})
+    assert storage.get_trial(trial._trial_id).user_attrs["params"] == 13
+
+
+def test_a_note_is_one_commit_that_the_dashboard_reads(url):
+    storage = open_storage(url, heartbeat=None, read_notes=False)
+    trial = _study(storage, "note").ask()
+    dashboard_save_note(trial, "from the dashboard")  # version 1
+    commits = _commits(storage)
+    save_note(trial, "y" * 5000)  # three parts
+    assert len(commits) == 1
+    save_note(trial, "short")  # the parts of the longer note are gone
+    reader = open_storage(url, heartbeat=None, create=False)
+    notes = {k: v for k, v in reader.get_study_system_attrs(trial.study._study_id).items() if k.startswith(NOTE_PREFIX)}
+    assert get_note_from_system_attrs(notes, trial._trial_id) == {"version": 3, "body": "short"}
+    assert len(notes) == 2  # the version and one part
+    save_note(trial, "z" * 3000)
+    assert get_note(optuna.Trial(optuna.load_study(study_name="note", storage=reader), trial._trial_id)) == "z" * 3000
+
+
+def _as_read(trial: FrozenTrial) -> str:
+    """A trial's content in a comparable form (NaN equals NaN; attribute order ignored)."""
+    return repr({k: sorted(v.items()) if isinstance(v, dict) else v for k, v in vars(trial).items()})
+
+
+def test_trials_read_back_exactly_as_optunas_storage_reads_them(url):
+    storage = open_storage(url, heartbeat=None)
+    study = _study(storage, "reads")
+    sid = study._study_id
+
+    def objective(t: optuna.Trial) -> tuple[float, float]:
+        t.suggest_float("lr", 1e-4, 1e-1, log=True)
+        t.suggest_categorical("width", [4, 8, 16])
+        t.suggest_categorical("cbam", [True, False])
+        t.set_user_attr("curve", [{"epoch": 1, "val_auc": 0.5}])
+        n = t.suggest_int("blocks", 1, 3)
+        if n == 3:
+            raise optuna.TrialPruned()
+        return float("inf") if n == 1 else 0.5, float("-inf") if t.number % 2 else 12.0
+
+    study.optimize(objective, n_trials=8, catch=())
+    running = study.ask()
+    running.suggest_float("lr", 1e-4, 1e-1, log=True)
+    storage.set_trial_system_attr(running._trial_id, "note", {"a": [1, 2]})
+    for step, value in enumerate([0.1, float("nan"), float("inf"), float("-inf")]):
+        storage.set_trial_intermediate_value(running._trial_id, step, value)
+    failed = study.ask()
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial({"blocks": 2})  # WAITING
+
+    ids = [t._trial_id for t in RDBStorage.get_all_trials(storage, sid, deepcopy=False)]
+    assert len(ids) == 11
+    for states, included, greater in [
+        (None, set(), -1),
+        ((optuna.trial.TrialState.COMPLETE,), set(), -1),
+        (None, {ids[2], ids[4]}, ids[5]),
+        ((optuna.trial.TrialState.WAITING,), set(), ids[3]),
+        (None, set(), ids[-1]),
+    ]:
+        ours = storage._get_trials(sid, states, included, greater)
+        optunas = RDBStorage._get_trials(storage, sid, states, included, greater)
+        assert [_as_read(t) for t in ours] == [_as_read(t) for t in optunas]
+    assert {t.state for t in storage.get_all_trials(sid)} == set(optuna.trial.TrialState)
+    for trial_id in ids:
+        assert _as_read(storage.get_trial(trial_id)) == _as_read(RDBStorage.get_trial(storage, trial_id))
+    with pytest.raises(KeyError):
+        storage.get_trial(ids[-1] + 100)
+    with pytest.raises(KeyError):
+        storage._get_trials(sid + 100, None, set(), -1)

@@ -1,0 +1,335 @@
+"""nasopt's RDB storage: Optuna's, surviving database restarts, with fewer commits and round trips.
+
+Every call is retried with backoff on transient database errors (a restart costs a worker a
+pause). Workers read study system attributes without optuna-dashboard's notes
+(``read_notes=False``). A running trial's writes can be queued and committed as one transaction
+(:meth:`ResilientRDBStorage.deferred`), and a trial's note is one transaction. Trials are read
+with two statements instead of Optuna's seven.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import random
+import time
+from collections.abc import Callable, Container, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy
+from optuna.distributions import (
+    BaseDistribution,
+    check_distribution_compatibility,
+    distribution_to_json,
+    json_to_distribution,
+)
+from optuna.exceptions import StorageInternalError
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
+from optuna_dashboard._note import note_str_key_prefix, note_ver_key, split_body
+
+#: optuna-dashboard keeps each note as study system attributes under this prefix.
+NOTE_PREFIX = "dashboard:"
+#: Transient database errors are retried with backoff 0.5, 1, 2, ... s, capped, for about this long.
+RETRY_SECONDS = 120.0
+
+
+def _transient(exc: BaseException) -> bool:
+    """A lost connection or a restarting server, as opposed to a bad statement."""
+    cause = exc.__cause__ if isinstance(exc, StorageInternalError) else exc
+    return isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+        isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
+    )
+
+
+def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline, delay = time.monotonic() + RETRY_SECONDS, 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
+                if not _transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                # Jitter keeps many workers from reconnecting in lockstep after a restart.
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(2 * delay, 8.0)
+
+    return call
+
+
+class ResilientRDBStorage(RDBStorage):
+    """Optuna's RDB storage whose calls survive a database restart: pre-pinged connections, and
+    each call retried with exponential backoff on transient errors for up to ``RETRY_SECONDS``.
+
+    A call that failed after its commit reached the database would be applied twice when
+    retried; every call Optuna makes here either is idempotent or fails before the commit when
+    the connection is gone, which is what a restart does.
+
+    With ``read_notes=False`` (workers), study system attributes read back without
+    optuna-dashboard's notes; see :func:`open_storage`.
+    """
+
+    def __init__(self, url: str, read_notes: bool = True, **kwargs: Any) -> None:
+        self.read_notes = read_notes
+        self._queued: dict[int, _Writes] = {}  # trial id -> writes waiting for the end of deferred()
+        super().__init__(url, **kwargs)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        if self.read_notes:
+            return super().get_study_system_attrs(study_id)
+        table = models.StudySystemAttributeModel.__table__
+        query = sqlalchemy.select(table.c.key, table.c.value_json).where(
+            table.c.study_id == study_id, sqlalchemy.not_(table.c.key.startswith(NOTE_PREFIX, autoescape=True))
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            self.get_study_name_from_id(study_id)  # a missing study raises KeyError, as Optuna's does
+        return {key: json.loads(value) for key, value in rows}
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        trials = _read_trials(self.engine, _TRIALS.c.trial_id == trial_id)
+        if not trials:
+            raise KeyError(models.NOT_FOUND_MSG)
+        return trials[0]
+
+    def _get_trials(
+        self,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
+        """Optuna's selection of trials (what its cache layer asks for), read by :func:`_read_trials`."""
+        included = {i for i in included_trial_ids if i <= trial_id_greater_than}
+        if len(included) > 1000:  # too many bound values for some databases: Optuna's way copes
+            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+        where = _TRIALS.c.study_id == study_id
+        if states is not None:
+            where &= _TRIALS.c.state.in_(list(states))  # type: ignore[call-overload]
+        if trial_id_greater_than > -1:
+            newer = _TRIALS.c.trial_id > trial_id_greater_than
+            where &= sqlalchemy.or_(_TRIALS.c.trial_id.in_(included), newer) if included else newer
+        trials = _read_trials(self.engine, where)
+        if not trials:
+            self.get_study_name_from_id(study_id)  # a missing study raises KeyError, as Optuna's does
+        return trials
+
+    @contextmanager
+    def deferred(self, trial_id: int) -> Iterator[None]:
+        """Queue this running trial's parameter, user- and system-attribute writes, and commit
+        them together on leaving (also when the block raises). Optuna commits each write alone,
+        and every commit costs the database a disk flush: a trial's 21 genes were 21 commits.
+
+        A parameter is queued only when Optuna's cache layer knows its distribution from an
+        earlier trial (checked at once, as Optuna checks it); the study's first sight of a
+        parameter is written at once, Optuna's way, which checks it against the database.
+        """
+        if trial_id in self._queued:  # nested: the outer block commits
+            yield
+            return
+        queue = self._queued[trial_id] = _Writes()
+        try:
+            yield
+        finally:
+            del self._queued[trial_id]
+            if queue:
+                self._write(trial_id, queue)
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+        previous_distribution: BaseDistribution | None,
+    ) -> None:
+        queue = self._queued.get(trial_id)
+        if queue is None or previous_distribution is None:
+            return super()._set_trial_param(
+                trial_id, param_name, param_value_internal, distribution, previous_distribution
+            )
+        check_distribution_compatibility(previous_distribution, distribution)
+        queue.params[param_name] = (param_value_internal, distribution_to_json(distribution))
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        queue = self._queued.get(trial_id)
+        if queue is None:
+            return super().set_trial_system_attr(trial_id, key, value)
+        queue.system[key] = value
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """Several user attributes of a running trial in one transaction (Optuna commits each
+        alone); see :func:`nasopt.trial_record.set_user_attrs`."""
+        queue = self._queued.get(trial_id)
+        if queue is not None:
+            queue.user.update(attrs)
+        elif attrs:
+            self._write(trial_id, _Writes(user=dict(attrs)))
+
+    @_retrying
+    def save_trial_note(self, study_id: int, trial_id: int, body: str) -> None:
+        """optuna-dashboard's note of a trial, as its ``save_note`` stores it (a version and the
+        body in parts, as study system attributes), in one transaction that reads only this note's
+        keys; see :func:`nasopt.trial_record.save_note`."""
+        table = models.StudySystemAttributeModel.__table__
+        version_key = note_ver_key(trial_id)
+        mine = sqlalchemy.and_(
+            table.c.study_id == study_id,
+            sqlalchemy.or_(
+                table.c.key == version_key,
+                table.c.key.startswith(note_str_key_prefix(trial_id), autoescape=True),
+            ),
+        )
+        with self.engine.begin() as conn:
+            version = conn.execute(
+                sqlalchemy.select(table.c.value_json).where(table.c.study_id == study_id, table.c.key == version_key)
+            ).scalar()
+            attrs = {version_key: (json.loads(version) if version else 0) + 1} | split_body(body, trial_id)
+            conn.execute(sqlalchemy.delete(table).where(mine))  # with a shorter body, no stale parts remain
+            conn.execute(
+                sqlalchemy.insert(table),
+                [{"study_id": study_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()],
+            )
+
+    @_retrying
+    def _write(self, trial_id: int, writes: _Writes) -> None:
+        """One transaction: the trial's state check, then per table a delete of the keys written
+        and one bulk insert. Any database; repeating it after a lost commit changes nothing."""
+        tables = [
+            (models.TrialParamModel.__table__, "param_name", {
+                k: {"param_value": v, "distribution_json": d} for k, (v, d) in writes.params.items()
+            }),
+            (models.TrialUserAttributeModel.__table__, "key", {
+                k: {"value_json": json.dumps(v)} for k, v in writes.user.items()
+            }),
+            (models.TrialSystemAttributeModel.__table__, "key", {
+                k: {"value_json": json.dumps(v)} for k, v in writes.system.items()
+            }),
+        ]  # fmt: skip
+        with _create_scoped_session(self.scoped_session, True) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+            self.check_trial_is_updatable(trial_id, trial.state)
+            for table, name, rows in tables:
+                if rows:
+                    session.execute(
+                        sqlalchemy.delete(table).where(table.c.trial_id == trial_id, table.c[name].in_(rows))
+                    )
+                    session.execute(
+                        sqlalchemy.insert(table), [{"trial_id": trial_id, name: k} | r for k, r in rows.items()]
+                    )
+
+
+@dataclass
+class _Writes:
+    """A running trial's queued writes (see :meth:`ResilientRDBStorage.deferred`)."""
+
+    params: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (internal value, distribution JSON)
+    user: dict[str, Any] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.params or self.user or self.system)
+
+
+# Every storage call Optuna makes, the heartbeat's included, goes through the retry: the public
+# methods, and the private ones Optuna's cache layer (in front of every study's storage) calls.
+_CACHE_CALLS = {"_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param"}
+for _name, _method in vars(RDBStorage).items():
+    if inspect.isfunction(_method) and (not _name.startswith("_") or _name in _CACHE_CALLS):
+        setattr(ResilientRDBStorage, _name, _retrying(vars(ResilientRDBStorage).get(_name, _method)))
+
+
+_TRIALS = models.TrialModel.__table__
+
+
+def _children(chosen: list[int] | sqlalchemy.Select) -> sqlalchemy.Subquery:
+    """The chosen trials' parameters, values, attributes and intermediate values as rows of one
+    shape: (kind, trial_id, order, name, number, text). Each table is filtered on its own: a
+    database may not push a filter on the union down into it (PostgreSQL scanned all five)."""
+    params, values = models.TrialParamModel.__table__, models.TrialValueModel.__table__
+    users, systems = models.TrialUserAttributeModel.__table__, models.TrialSystemAttributeModel.__table__
+    steps = models.TrialIntermediateValueModel.__table__
+    text, real, none = sqlalchemy.String, sqlalchemy.Float, sqlalchemy.null()
+    rows = [
+        (0, params, params.c.param_id, params.c.param_name, params.c.param_value, params.c.distribution_json),
+        (1, values, values.c.objective, sqlalchemy.cast(none, text), values.c.value,
+         sqlalchemy.cast(values.c.value_type, text)),
+        (2, users, users.c.trial_user_attribute_id, users.c.key, sqlalchemy.cast(none, real), users.c.value_json),
+        (3, systems, systems.c.trial_system_attribute_id, systems.c.key, sqlalchemy.cast(none, real),
+         systems.c.value_json),
+        (4, steps, steps.c.step, sqlalchemy.cast(none, text), steps.c.intermediate_value,
+         sqlalchemy.cast(steps.c.intermediate_value_type, text)),
+    ]  # fmt: skip
+    return sqlalchemy.union_all(
+        *(
+            sqlalchemy.select(sqlalchemy.literal(kind), table.c.trial_id, *columns).where(table.c.trial_id.in_(chosen))
+            for kind, table, *columns in rows
+        )
+    ).subquery()
+
+
+def _read_trials(engine: sqlalchemy.Engine, where: sqlalchemy.ColumnElement[bool]) -> list[FrozenTrial]:
+    """The trials matching ``where``, as Optuna builds them, in two statements: the trials, then
+    everything they hold (Optuna's ORM reads the trial, then each of five tables alone)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sqlalchemy.select(
+                _TRIALS.c.trial_id, _TRIALS.c.number, _TRIALS.c.state, _TRIALS.c.datetime_start,
+                _TRIALS.c.datetime_complete,
+            ).where(where).order_by(_TRIALS.c.trial_id)
+        ).all()  # fmt: skip
+        if not rows:
+            return []
+        # The trials' ids, as Optuna's ORM names them: with a subquery PostgreSQL chose to scan
+        # whole tables. Past some thousand, a scan is right and a list too long for some databases.
+        ids = [row.trial_id for row in rows]
+        children = _children(ids if len(ids) <= 1000 else sqlalchemy.select(_TRIALS.c.trial_id).where(where))
+        parts = conn.execute(sqlalchemy.select(children).order_by(*children.c[:3])).all()
+    held: dict[int, _Held] = {row.trial_id: _Held() for row in rows}
+    for k, tid, key, name, number, text in parts:
+        if (h := held.get(tid)) is not None:  # a trial added between the two statements is left out
+            h.add(k, key, name, number, text)
+    return [
+        FrozenTrial(
+            number=row.number, state=row.state, value=None, values=h.values or None,
+            datetime_start=row.datetime_start, datetime_complete=row.datetime_complete,
+            params={n: d.to_external_repr(v) for n, (v, d) in h.params.items()},
+            distributions={n: d for n, (_, d) in h.params.items()},
+            user_attrs=h.user, system_attrs=h.system, intermediate_values=h.steps, trial_id=row.trial_id,
+        )
+        for row in rows
+        for h in (held[row.trial_id],)
+    ]  # fmt: skip
+
+
+@dataclass
+class _Held:
+    """One trial's rows from :func:`_children`, decoded as Optuna decodes them."""
+
+    params: dict[str, tuple[float, BaseDistribution]] = field(default_factory=dict)
+    values: list[float] = field(default_factory=list)
+    user: dict[str, Any] = field(default_factory=dict)
+    system: dict[str, Any] = field(default_factory=dict)
+    steps: dict[int, float] = field(default_factory=dict)
+
+    def add(self, kind: int, order: int, name: str | None, number: float | None, text: str | None) -> None:
+        if kind == 0:
+            self.params[name] = (number, json_to_distribution(text))  # type: ignore[index]
+        elif kind == 1:  # ordered by objective
+            value_type = models.TrialValueModel.TrialValueType[text]  # type: ignore[misc]
+            self.values.append(models.TrialValueModel.stored_repr_to_value(number, value_type))
+        elif kind == 2:
+            self.user[name] = json.loads(text)  # type: ignore[arg-type,index]
+        elif kind == 3:
+            self.system[name] = json.loads(text)  # type: ignore[arg-type,index]
+        else:
+            step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType[text]  # type: ignore[misc]
+            self.steps[order] = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(number, step_type)
