@@ -52,11 +52,11 @@ its database in Optuna's ``_CachedStorage``, as Optuna's documentation asks; not
 Target: a median under 100 ms at 5 000 trials and 16 workers on PostgreSQL. With more workers
 than cores, back-to-back figures include waiting for a core; the script says so.
 
-Runtime on a shared 2-core AMD EPYC (2026-11-28): the README's rows took about 3.5 minutes back
-to back and 5.5 minutes with --train-seconds 10, each with about 25 s filling the study and 95 s
-of the 16 workers' cold trials (each loads 5 000 trials). The full default run (10 timed
-trials, 1 000 and 5 000 trials, 1, 4 and 16 workers, three storages) takes well over an hour
-on such a machine; on a machine with a core per worker, a fraction of that.
+Runtime on a shared 2-core AMD EPYC (2026-11-28): the README's PostgreSQL rows took about 100 s
+back to back and 4 minutes with --train-seconds 10, each with about 15 s filling the study and
+30 s of the 16 workers' cold trials (each loads 5 000 trials). The default grid with --timed 5
+(1 000 and 5 000 trials, 1, 4 and 16 workers, three storages) took 13 minutes, most of it the
+gRPC proxy's rows.
 """
 
 from __future__ import annotations

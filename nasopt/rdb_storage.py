@@ -73,7 +73,8 @@ class ResilientRDBStorage(RDBStorage):
     the connection is gone, which is what a restart does.
 
     With ``read_notes=False`` (workers), study system attributes read back without
-    optuna-dashboard's notes; see :func:`open_storage`.
+    optuna-dashboard's notes; see :func:`nasopt.study.open_storage`. A running trial's writes
+    can be committed together (:meth:`deferred`), and trials are read by :func:`_read_trials`.
     """
 
     def __init__(self, url: str, read_notes: bool = True, **kwargs: Any) -> None:
