@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import optuna
@@ -44,19 +45,24 @@ class Objective:
         artifacts: FileSystemArtifactStore | None = None,
         on_epoch: Callable[[optuna.Trial, dict[str, float]], None] | None = None,
         fidelity: MOASHA | None = None,
+        shield: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
         self.cfg, self.train, self.val, self.device = cfg, train, val, device
         self.artifacts = artifacts
         self.on_epoch = on_epoch
         self.fidelity = fidelity
+        # Around each of the objective's storage calls: a worker's signals wait for their end.
+        self.shield = shield
         self.directions = [DIRECTIONS[o] for o in cfg.study.objectives]
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
-        arch, hparams = suggest(trial, self.cfg.space)
+        with self.shield():
+            arch, hparams = suggest(trial, self.cfg.space)
         try:
             result = self._fit(trial, arch, hparams)
         except TrainingDiverged as exc:
-            trial.set_user_attr(Key.FAIL_REASON, str(exc))  # shown by the dashboard and `search`
+            with self.shield():
+                trial.set_user_attr(Key.FAIL_REASON, str(exc))  # shown by the dashboard and `search`
             raise
         values = {val_key(k): v for k, v in result.metrics.items()}
         values[Key.PARAMS] = result.params
@@ -68,10 +74,6 @@ class Objective:
             Key.NORM: list(result.norm),
             Key.DEVICE: str(self.device),
         }
-        with deferred_writes(trial):  # the record and the artifact ids: one commit
-            set_user_attrs(trial, values | record)
-            if self.artifacts is not None:
-                self._upload(trial, arch, result)
         note = trial_note(
             trial.number,
             arch,
@@ -82,7 +84,12 @@ class Objective:
             result.train_samples_per_s,
             str(self.device),
         )
-        save_note(trial, note)
+        with self.shield():
+            with deferred_writes(trial):  # the record and the artifact ids: one commit
+                set_user_attrs(trial, values | record)
+                if self.artifacts is not None:
+                    self._upload(trial, arch, result)
+            save_note(trial, note)
         return tuple(float(values[o]) for o in self.cfg.study.objectives)
 
     def _fit(self, trial: optuna.Trial, arch: Architecture, hparams: dict) -> FitResult:
@@ -92,10 +99,11 @@ class Objective:
 
         def on_epoch(record: dict[str, float]) -> None:
             curve.append(record)
-            if self.on_epoch is not None:
-                self.on_epoch(trial, record)
-            if self.fidelity is not None and self.fidelity.is_rung(int(record["epoch"])):
-                self._rung(trial, arch, {**record, **known}, curve, time.perf_counter() - t0)
+            with self.shield():  # also where a signal lost inside training is raised at last
+                if self.on_epoch is not None:
+                    self.on_epoch(trial, record)
+                if self.fidelity is not None and self.fidelity.is_rung(int(record["epoch"])):
+                    self._rung(trial, arch, {**record, **known}, curve, time.perf_counter() - t0)
 
         return fit(
             arch,

@@ -134,19 +134,21 @@ def _room(study: optuna.Study, max_trials: int, heartbeat: bool, guard: _SignalG
 
 class _SignalGuard:
     """Turns SIGTERM into :class:`Stopped` and Ctrl-C (SIGINT) into ``KeyboardInterrupt``, raised
-    only where it is safe: while data loads or a trial trains, never inside a storage call
-    (elsewhere it is raised at the next safe point, or when the guard is left). An interrupt
-    inside a storage call broke the call's connection mid-statement and printed the pool's
-    traceback."""
+    only where it is safe: while data loads or a trial trains, never inside a storage call. A
+    signal that arrives elsewhere is raised at the next safe point: entering or leaving a safe
+    block, leaving a shielded one (the objective shields its storage calls, each epoch's
+    included), or leaving the guard. An interrupt inside a storage call broke the call's
+    connection mid-statement and printed the pool's traceback; one raised inside a finalizer
+    (Python ignores those) was lost, and training went on."""
 
     def __init__(self) -> None:
         self.requested: type[BaseException] | None = None
         self.safe = False
 
     def _handle(self, signum: int, frame: Any) -> None:
+        first = self.requested is None
         self.requested = Stopped if signum == signal.SIGTERM else KeyboardInterrupt
-        if self.safe:
-            self.safe = False
+        if self.safe and first:  # a second signal while the first unwinds is only recorded
             raise self.requested()
 
     def raise_requested(self) -> None:
@@ -176,6 +178,17 @@ class _SignalGuard:
         finally:
             self.safe = False
         self.raise_requested()
+
+    @contextmanager
+    def shielded(self) -> Iterator[None]:
+        """Inside a safe block: a part (a storage call) where a signal waits for the part's end."""
+        safe, self.safe = self.safe, False
+        try:
+            yield
+        finally:
+            self.safe = safe
+        if safe:
+            self.raise_requested()
 
 
 def _report(console: Console):
@@ -256,7 +269,7 @@ def run_search(
                 done = int(record["epoch"])
                 bar.update(task, completed=done % epochs, description=f"trial {trial.number} epoch {done}/{epochs}")
 
-            objective = Objective(cfg, train, val, dev, store, on_epoch, make_fidelity(cfg))
+            objective = Objective(cfg, train, val, dev, store, on_epoch, make_fidelity(cfg), guard.shielded)
             _loop(study, objective, budget, me, guard, console)
     if budget.max_trials is not None:
         console.print(f"study {study_name!r}: {_counts(study)[0]} complete trials (budget {budget.max_trials})")

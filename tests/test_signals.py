@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -45,6 +46,39 @@ def test_a_signal_inside_a_storage_call_waits_for_the_next_safe_point(signum, ra
         time.sleep(0.05)
         steps.append("the last storage call finished")
     assert steps[-1] == "the last storage call finished"
+
+
+def test_a_signal_inside_a_shielded_storage_call_of_training_is_raised_when_it_ends():
+    guard = _SignalGuard()
+    steps: list[str] = []
+    with pytest.raises(KeyboardInterrupt), guard.installed(), guard.interruptible():
+        with guard.shielded():  # the objective's storage call (the genes, a rung, the record)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            steps.append("the storage call finished")
+        steps.append("training")
+    assert steps == ["the storage call finished"]
+
+
+def test_a_signal_whose_interrupt_python_ignored_is_raised_at_the_end_of_the_epoch(monkeypatch):
+    guard = _SignalGuard()
+    steps: list[str] = []
+    ignored: list[type[BaseException]] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: ignored.append(unraisable.exc_type))
+
+    class Finalized:
+        def __del__(self) -> None:  # Python ignores what a finalizer raises (SQLAlchemy's pool has one)
+            os.kill(os.getpid(), signal.SIGINT)
+            _wait_for_the_signal()
+
+    with pytest.raises(KeyboardInterrupt), guard.installed(), guard.interruptible():
+        Finalized()
+        steps.append("training went on")
+        with guard.shielded():  # the end of the epoch (the objective's on_epoch)
+            steps.append("the epoch recorded")
+        steps.append("the next epoch")
+    assert steps == ["training went on", "the epoch recorded"]
+    assert ignored == [KeyboardInterrupt]  # Python's "Exception ignored in ... __del__"
 
 
 def test_an_ignored_ctrl_c_stays_ignored():
