@@ -136,11 +136,7 @@ def open_storage(
                 try:
                     return ResilientRDBStorage(url, read_notes, engine_kwargs=engine_kwargs, **kwargs)
                 except sqlalchemy.exc.DBAPIError as exc:
-                    # Workers that start together on a fresh database race to create its tables
-                    # ("already exists", "duplicate key", "locked"); the losers find them made on
-                    # a second look. Anything else (a wrong password, no server) fails at once.
-                    message = str(exc).lower()
-                    if attempt == 2 or not any(w in message for w in ("already exists", "duplicate", "locked")):
+                    if attempt == 2 or not lost_creation_race(exc):
                         raise
                     time.sleep(0.5 + random.random())
     except StorageError:
@@ -148,6 +144,15 @@ def open_storage(
     except Exception as exc:  # drivers raise many types; all mean "cannot use this storage"
         reason = _scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
         raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+
+
+def lost_creation_race(exc: sqlalchemy.exc.DBAPIError) -> bool:
+    """Workers that start together on a fresh database race to create its tables and its schema
+    version row; the losers find them made on a second look. Anything else (a wrong password, no
+    server) is not retried."""
+    message = str(exc).lower()
+    # "already exists", PostgreSQL's "duplicate key", SQLite's "UNIQUE constraint failed", "locked".
+    return any(w in message for w in ("already exists", "duplicate", "unique constraint", "locked"))
 
 
 def _open_grpc(url: str) -> BaseStorage:

@@ -17,7 +17,7 @@ from optuna_dashboard import save_note as dashboard_save_note
 from optuna_dashboard._note import get_note_from_system_attrs
 
 from nasopt.rdb_storage import NOTE_PREFIX
-from nasopt.study import open_storage
+from nasopt.study import lost_creation_race, open_storage
 from nasopt.trial_record import deferred_writes, save_note, set_user_attrs
 
 
@@ -197,3 +197,23 @@ def test_trials_read_back_exactly_as_optunas_storage_reads_them(url):
         storage.get_trial(ids[-1] + 100)
     with pytest.raises(KeyError):
         storage._get_trials(sid + 100, None, set(), -1)
+
+
+def test_only_a_lost_table_creation_race_is_retried_when_opening(url):
+    """Workers opening a fresh database together race to create its tables and stamp its schema
+    version; the loser's error (SQLite: "UNIQUE constraint failed", PostgreSQL: "duplicate key")
+    is retried, and nothing else is."""
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE race_version (version_num VARCHAR(32) PRIMARY KEY)"))
+        conn.execute(sqlalchemy.text("INSERT INTO race_version VALUES ('v1')"))
+    with pytest.raises(sqlalchemy.exc.IntegrityError) as lost, engine.begin() as conn:
+        conn.execute(sqlalchemy.text("INSERT INTO race_version VALUES ('v1')"))  # the second stamp
+    assert lost_creation_race(lost.value)
+    with pytest.raises(sqlalchemy.exc.DBAPIError) as other, engine.begin() as conn:
+        conn.execute(sqlalchemy.text("SELECT * FROM no_such_table"))
+    assert not lost_creation_race(other.value)
+    if url.startswith("postgresql"):
+        with pytest.raises(sqlalchemy.exc.OperationalError) as refused:
+            sqlalchemy.create_engine(sqlalchemy.make_url(url).set(password="wrong")).connect()
+        assert not lost_creation_race(refused.value)
