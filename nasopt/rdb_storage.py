@@ -37,6 +37,8 @@ from optuna_dashboard._note import note_str_key_prefix, note_ver_key, split_body
 NOTE_PREFIX = "dashboard:"
 #: Transient database errors are retried with backoff 0.5, 1, 2, ... s, capped, for about this long.
 RETRY_SECONDS = 120.0
+#: Trial ids listed in one statement at most; past it, some databases refuse the list.
+MAX_LISTED_IDS = 1000
 
 
 def _transient(exc: BaseException) -> bool:
@@ -110,7 +112,7 @@ class ResilientRDBStorage(RDBStorage):
     ) -> list[FrozenTrial]:
         """Optuna's selection of trials (what its cache layer asks for), read by :func:`_read_trials`."""
         included = {i for i in included_trial_ids if i <= trial_id_greater_than}
-        if len(included) > 1000:  # too many bound values for some databases: Optuna's way copes
+        if len(included) > MAX_LISTED_IDS:  # Optuna's way copes with a list a database refuses
             return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
         where = _TRIALS.c.study_id == study_id
         if states is not None:
@@ -290,9 +292,10 @@ def _read_trials(engine: sqlalchemy.Engine, where: sqlalchemy.ColumnElement[bool
         if not rows:
             return []
         # The trials' ids, as Optuna's ORM names them: with a subquery PostgreSQL chose to scan
-        # whole tables. Past some thousand, a scan is right and a list too long for some databases.
+        # whole tables. Past MAX_LISTED_IDS a scan is right anyway, and the list too long.
         ids = [row.trial_id for row in rows]
-        children = _children(ids if len(ids) <= 1000 else sqlalchemy.select(_TRIALS.c.trial_id).where(where))
+        listed = len(ids) <= MAX_LISTED_IDS
+        children = _children(ids if listed else sqlalchemy.select(_TRIALS.c.trial_id).where(where))
         parts = conn.execute(sqlalchemy.select(children).order_by(*children.c[:3])).all()
     held: dict[int, _Held] = {row.trial_id: _Held() for row in rows}
     for k, tid, key, name, number, text in parts:
