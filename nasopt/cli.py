@@ -29,8 +29,18 @@ data_app = typer.Typer(no_args_is_help=True, help="Prepare data sets into Nodule
 app.add_typer(data_app, name="data")
 config_app = typer.Typer(no_args_is_help=True, help="Study files: the effective configuration, what each key means.")
 app.add_typer(config_app, name="config")
-# Without a terminal (Slurm and Kubernetes logs, pipes) rich wraps at 80 columns, mid-word; log lines stay whole.
-console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console whose printed lines never wrap, whatever the terminal, ``COLUMNS`` or path length:
+    people grep result lines and scripts parse them. Tables still fit the width (200 columns
+    without a terminal, where rich would otherwise take 80)."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 200
+    return Console(stderr=stderr, width=width, soft_wrap=True)
+
+
+console = _console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Study file (TOML); defaults if absent.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a study-file value: section.key=value.")]
@@ -299,11 +309,10 @@ def dashboard(
     store = open_storage(storage, heartbeat=None, create=False)
     artifacts = dashboard_artifacts(store, storage_url(storage), study)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        Console(stderr=True).print(
+        _console(stderr=True).print(
             f"warning: optuna-dashboard has no authentication; anyone who can reach {host}:{port} can read and "
             "edit this study",
             highlight=False,
-            soft_wrap=True,
         )
     console.print(f"optuna-dashboard on http://{host}:{port}/ for {redact(storage_url(storage))} (Ctrl-C stops it)")
     run_server(store, host=host, port=port, artifact_store=artifacts)
@@ -420,7 +429,7 @@ def crossval(
     chosen = parse_folds(folds)  # before the study and data: bad input fails fast
     dev = resolve_device(device)
     plan = plan_study(study, storage, trial) if study is not None else plan_ensemble(ensemble, storage)
-    out = Console(stderr=True) if json_out else console  # keep stdout pure JSON
+    out = _console(stderr=True) if json_out else console  # keep stdout pure JSON
     result = run(plan, chosen, epochs, dev, progress=lambda line: out.print(escape(line), highlight=False))
     if json_out:
         print(json.dumps(result.to_json(), indent=2))
@@ -429,7 +438,7 @@ def crossval(
     title = f"{result.label}: {n} outer fold(s), each tested after {epochs} epoch(s) on the others"
     console.print(metrics_table(escape(title), result.rows))
     for note in result.notes:
-        console.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+        console.print(f"note: {escape(note)}", highlight=False)
 
 
 @app.command()
@@ -454,16 +463,16 @@ def predict(
     from nasopt.predict import predict as run
 
     result = run(file, inputs, centre=centre, centres_csv=centres, coords=coords, save_crops=save_crops)
-    notes = Console(stderr=True) if out is None else console  # stdout carries the CSV
+    notes = _console(stderr=True) if out is None else console  # stdout carries the CSV
     if out is None:
         sys.stdout.write(csv_text(result))
     else:
         console.print(result_table(result, f"{file}: P(malignant) of {len(result.rows)} nodule(s)"))
         console.print(f"{escape(str(write_csv(result, out)))}: {len(result.rows)} row(s)", highlight=False)
     if save_crops is not None:
-        notes.print(f"crops fed to the networks: {escape(str(save_crops))}/", highlight=False, soft_wrap=True)
+        notes.print(f"crops fed to the networks: {escape(str(save_crops))}/", highlight=False)
     for note in result.notes:
-        notes.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+        notes.print(f"note: {escape(note)}", highlight=False)
 
 
 @app.command()
@@ -510,7 +519,7 @@ def main() -> None:
         code = app(standalone_mode=False)  # returns Typer's exit code instead of exiting
     except NasoptError as exc:
         message = escape(str(exc))  # messages quote TOML like [space]; not rich markup
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+        _console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         code = 130
@@ -523,7 +532,7 @@ def main() -> None:
             sys.exit(exc.exit_code)
         raise
     if code == 130:  # Typer turns Ctrl-C into exit code 130
-        Console(stderr=True).print("interrupted; run the same command again to resume")
+        _console(stderr=True).print("interrupted; run the same command again to resume")
         # The interrupted trial is already stored as failed. Exit here: when the Ctrl-C landed
         # inside an import, CPython 3.11 still ends a normal exit with SIGINT (status -2, not 130).
         sys.stdout.flush()

@@ -230,7 +230,7 @@ def run_search(
     (or ``seed``) plus the index, so concurrent workers explore apart; without one the seed is
     random. Raises :class:`Stopped` after a SIGTERM.
     """
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # result lines never wrap
     url = storage_url(url)
     base = cfg.study.seed if seed is None else seed
     seed = base + index if index is not None else random.SystemRandom().randrange(2**31)

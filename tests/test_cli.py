@@ -51,6 +51,23 @@ def test_search_runs_trials_into_sqlite_and_resumes(tmp_path, cache_dir):
     assert_user_error(changed, "different configuration")
 
 
+def test_result_lines_never_wrap_whatever_the_path_length_or_terminal(tmp_path):
+    from tests.test_source_nodulemnist3d import medmnist_arrays, write_npz
+
+    npz = write_npz(tmp_path / "nodulemnist3d.npz", medmnist_arrays(side=28))
+    cache = tmp_path / ("c" * 100) / ("a" * 100) / ("d" * 100)
+    cache = cache.parent / ("e" * (300 - len(str(cache.parent)) - 1))
+    assert len(str(cache)) == 300
+    env = dict(os.environ, COLUMNS="40")  # narrower than any result line
+    args = ["data", "prepare", "--source", "nodulemnist3d", "--npz", str(npz), "--set", f'data.cache_dir="{cache}"']
+    proc = subprocess.run(
+        [sys.executable, "-m", "nasopt", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if "nodules" in line]
+    assert line.startswith(str(cache)) and line.endswith("predefined folds [0, 1, 2]")
+
+
 def test_bad_study_file(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nepochz = 1\n")
