@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,postgres,onnx]"
+	$(PY) -m pip install -q -e ".[dev,postgres,onnx,monai]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -20,7 +20,7 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/nasopt launch --workers 2 --study demo --config studies/demo.toml --timeout 300
 	$(VENV)/bin/nasopt export --study demo --out storage/demo-ensemble.safetensors --onnx storage/demo-ensemble.onnx
-	$(VENV)/bin/nasopt evaluate storage/demo-ensemble.safetensors
+	$(VENV)/bin/nasopt evaluate storage/demo-ensemble.safetensors --figures storage/evaluation
 	$(VENV)/bin/nasopt report --study demo --out storage/report
 
 test: $(VENV)/.installed
@@ -32,4 +32,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/train_throughput.py --workers 1 2 --parity
 
 clean-storage:
-	rm -rf storage/nasopt.db* storage/artifacts storage/cache storage/demo-ensemble.* storage/report
+	rm -rf storage/nasopt.db* storage/artifacts storage/cache storage/demo-ensemble.* storage/report storage/evaluation

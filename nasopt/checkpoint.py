@@ -70,10 +70,29 @@ class Selection(_Header):
     """How the members were chosen from the study's trials, and their validation score together."""
 
     rule: Literal["greedy", "pareto", "topk"]
-    metric: Literal["auc", "accuracy"]
+    metric: Literal["auc", "accuracy", "logloss", "brier"]
     val_score: float
     k: int | None = None
     max_params: int | None = None
+
+
+class Calibration(_Header):
+    """Temperature scaling of the ensemble's probability: ``sigmoid(logit(p) / temperature)``."""
+
+    method: Literal["temperature"]
+    temperature: float
+    fitted_on: str  # which predictions it was fitted on, in words
+    val_nodules: int
+
+
+class OperatingPoint(_Header):
+    """The decision threshold (malignant when the calibrated probability >= threshold), chosen on
+    validation by ``rule``, with the sensitivity and specificity it had there."""
+
+    rule: str  # youden | sensitivity=0.9 | specificity=0.95
+    threshold: float
+    val_sensitivity: float
+    val_specificity: float
 
 
 class EnsembleHeader(_Header):
@@ -88,6 +107,9 @@ class EnsembleHeader(_Header):
     data_fingerprint: str  # NoduleSet.fingerprint() of the data the search ran on
     search_patients: list[str]  # every patient in the search's train and validation sets
     refit: bool  # members were retrained on train + validation
+    # Absent from files written before calibration existed: those run uncalibrated at 0.5.
+    calibration: Calibration | None = None
+    operating_point: OperatingPoint | None = None
     nasopt_version: str = __version__
 
 

@@ -339,12 +339,22 @@ def export(
     max_params: Annotated[
         int | None, typer.Option(min=1, help="Budget: total parameters of the distinct members.")
     ] = None,
-    metric: Annotated[str, typer.Option(help="Validation metric that selects and ranks: auc or accuracy.")] = "auc",
+    metric: Annotated[
+        str, typer.Option(help="Validation metric that selects and ranks: auc, accuracy, logloss or brier.")
+    ] = "auc",
     refit: Annotated[bool, typer.Option("--refit", help="Retrain each member on train + validation.")] = False,
+    calibration: Annotated[str, typer.Option(help="temperature (fitted on validation) or none.")] = "temperature",
+    operating_point: Annotated[
+        str,
+        typer.Option(help="Decision threshold, chosen on validation: youden, sensitivity=0.90 or specificity=0.95."),
+    ] = "youden",
     onnx: Annotated[Path | None, typer.Option(help="Also write the ensemble as one ONNX graph here.")] = None,
+    torchscript: Annotated[Path | None, typer.Option(help="Also write it as a TorchScript module here (.ts).")] = None,
+    monai_bundle: Annotated[Path | None, typer.Option(help="Also write it as a MONAI bundle in this folder.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --monai-bundle folder.")] = False,
     device: Annotated[str, typer.Option(help="--refit: auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Export a study's best trials as one ensemble file."""
+    """Export a study's best trials as one calibrated ensemble file with its decision threshold."""
     from nasopt.export import export_study
 
     dev = "cpu"
@@ -352,24 +362,52 @@ def export(
         from nasopt.train import resolve_device
 
         dev = resolve_device(device)
-    result = export_study(study, storage, out, select, metric, k, max_params, refit, dev)
+    if monai_bundle is not None:
+        from nasopt.deploy import check_bundle_folder
+
+        check_bundle_folder(monai_bundle, force)  # before the export's work
+    result = export_study(study, storage, out, select, metric, k, max_params, refit, dev, calibration, operating_point)
     total = sum(r.params for r, _ in result.members)
     for r, count in sorted(result.members, key=lambda m: -m[1]):
+        val = r.metrics.get(metric)
         console.print(
             f"  trial {r.number:>4}  weight {count:>2}  params {r.params:>10,}  "
-            f"val {metric} {r.metrics.get(metric, float('nan')):.3f}  {r.arch.summary()}"
+            + (f"val {metric} {val:.3f}  " if val is not None else "")
+            + r.arch.summary()
         )
     console.print(
         f"{result.path}: {len(result.members)} member(s) of study {study!r}, {total:,} parameters, "
         f"{select} selection, validation {metric} {result.selection.val_score:.3f}"
         + (" (refitted on train + validation)" if result.refit else "")
     )
-    if onnx is not None:
-        from nasopt.ensemble import export_onnx, load_ensemble
+    cal, point = result.calibration, result.operating_point
+    console.print(
+        (f"calibration: temperature {cal.temperature:.3f}, fitted on {cal.fitted_on}" if cal else "calibration: none")
+        + f"; threshold {point.threshold:.3f} ({point.rule} on validation: sensitivity {point.val_sensitivity:.3f}, "
+        f"specificity {point.val_specificity:.3f})"
+    )
+    if onnx is None and torchscript is None and monai_bundle is None:
+        return
+    from nasopt import deploy
+    from nasopt.ensemble import load_ensemble
 
-        console.print(
-            f"{export_onnx(load_ensemble(result.path), onnx)}: ONNX graph, hu (B, 1, 32, 32, 32) -> prob_malignant (B,)"
-        )
+    ensemble = load_ensemble(result.path)
+    s = ensemble.input_size
+    if onnx is not None:
+        path = deploy.export_onnx(ensemble, onnx)
+        console.print(f"{path}: ONNX graph, hu (B, 1, {s}, {s}, {s}) -> prob_malignant (B,), malignant (B,)")
+    if torchscript is not None:
+        path = deploy.export_torchscript(ensemble, torchscript)
+        console.print(f"{path}: TorchScript, hu (B, 1, {s}, {s}, {s}) -> (prob_malignant (B,), malignant (B,))")
+    if monai_bundle is not None:
+        path = deploy.export_monai_bundle(ensemble, monai_bundle, force=force)
+        console.print(f"{path}: MONAI bundle (configs/metadata.json, configs/inference.json, models/model.ts)")
+
+
+SizeMatchOpt = Annotated[
+    float,
+    typer.Option(min=0, help="Size-matched AUC: pairs whose diameters differ by at most this many mm."),
+]
 
 
 @app.command()
@@ -379,21 +417,31 @@ def evaluate(
         list[str] | None, typer.Option(help="Override a recorded data setting, e.g. cache_dir=/shared/cache.")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    figures: Annotated[
+        Path | None, typer.Option(help="Folder: write roc.png (operating point marked) and reliability.png.")
+    ] = None,
+    size_match_mm: SizeMatchOpt = 2.0,
 ) -> None:
-    """Evaluate an ensemble and each member on the held-out test fold."""
+    """Evaluate an ensemble, a size baseline and each member on the held-out test fold."""
     import json
 
     from nasopt.evaluate import evaluate as run
     from nasopt.report import metrics_table
 
-    result = run(file, list(data or []))
+    result = run(file, list(data or []), match_mm=size_match_mm)
+    if figures is not None:
+        from nasopt.evaluate import write_figures
+
+        result.notes.append(f"figures: {', '.join(str(p) for p in write_figures(result, figures))}")
     if json_out:
         print(json.dumps(result.to_json(), indent=2))
         return
     title = f"{file}: held-out test fold, {result.n_test} nodules ({result.n_malignant} malignant)"
-    console.print(metrics_table(title, result.rows))
+    console.print(metrics_table(escape(title), result.rows, match_mm=size_match_mm))
+    for comparison in result.comparisons:
+        console.print(escape(comparison.line()), highlight=False)
     for note in result.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}", highlight=False)
 
 
 @app.command()
@@ -410,9 +458,10 @@ def crossval(
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per fold (else the study's train.epochs).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    size_match_mm: SizeMatchOpt = 2.0,
 ) -> None:
     """Train a fixed architecture (or ensemble) on all outer folds but k and test on k, for each
-    chosen fold k: the paper's 10-fold protocol."""
+    chosen fold k: the paper's 10-fold protocol, beside a size baseline fitted on the same folds."""
     import json
 
     from nasopt.errors import ConfigError
@@ -430,13 +479,15 @@ def crossval(
     dev = resolve_device(device)
     plan = plan_study(study, storage, trial) if study is not None else plan_ensemble(ensemble, storage)
     out = _console(stderr=True) if json_out else console  # keep stdout pure JSON
-    result = run(plan, chosen, epochs, dev, progress=lambda line: out.print(escape(line), highlight=False))
+    result = run(plan, chosen, epochs, dev, lambda line: out.print(escape(line), highlight=False), size_match_mm)
     if json_out:
         print(json.dumps(result.to_json(), indent=2))
         return
     n, epochs = len(result.folds), result.epochs
     title = f"{result.label}: {n} outer fold(s), each tested after {epochs} epoch(s) on the others"
-    console.print(metrics_table(escape(title), result.rows))
+    console.print(metrics_table(escape(title), result.rows, match_mm=size_match_mm))
+    for comparison in result.comparisons:
+        console.print(escape(comparison.line()), highlight=False)
     for note in result.notes:
         console.print(f"note: {escape(note)}", highlight=False)
 

@@ -2,7 +2,10 @@
 
 For each chosen outer fold k the architecture (or every member of an ensemble) is trained from
 scratch on all the other outer folds and tested on fold k. Per-fold rows and a pooled row (every
-fold's test predictions together) carry point metrics and 95% bootstrap intervals.
+fold's test predictions together) carry point metrics and 95% bootstrap intervals. The size
+baseline and the ratings reference (see :mod:`nasopt.evaluate`) are fitted on the same training
+folds as the network each time; the pooled rows compare the network with them over the pooled
+out-of-fold predictions, with paired intervals and size-matched AUC.
 
 The architecture was chosen by a search that trained and validated on every fold but the study's
 test fold, so only that fold's numbers are held out; the others (and the pooled row) are
@@ -26,11 +29,13 @@ from nasopt.checkpoint import CheckpointHeader, build_model
 from nasopt.config import SpaceSection, StudyConfig, TrainSection
 from nasopt.data.noduleset import NoduleSet
 from nasopt.data.prepare import load_data
+from nasopt.data.sources import PHANTOM_CAVEAT
 from nasopt.data.splits import check_named_splits, outer_folds, study_sets
+from nasopt.ensemble import DEFAULT_THRESHOLD
 from nasopt.errors import ConfigError, DataError, NasoptError
-from nasopt.evaluate import Scored, score
+from nasopt.evaluate import Comparison, Scored, against, diameters, fit_baselines, score
 from nasopt.inference import Member, predict_proba
-from nasopt.metrics import N_BOOT
+from nasopt.metrics import N_BOOT, SIZE_MATCH_MM
 from nasopt.model import Architecture, build_network, count_params
 from nasopt.study import load_study, open_storage
 from nasopt.trial_record import TrialRecord
@@ -79,6 +84,7 @@ class FoldResult:
     prob: np.ndarray
     row: Scored
     seconds: float
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)  # each baseline's test probabilities
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +99,7 @@ class FoldResult:
                 "nodule": self.nodules,
                 "label": self.labels.astype(int).tolist(),
                 "prob_malignant": self.prob.astype(float).tolist(),
+                **{name: p.astype(float).tolist() for name, p in self.baselines.items()},
             },
         }
 
@@ -105,17 +112,21 @@ class CrossvalResult:
     folds: list[FoldResult]
     pooled: Scored
     notes: list[str]
+    baseline_rows: list[Scored] = field(default_factory=list)  # pooled, each fitted fold by fold
+    comparisons: list[Comparison] = field(default_factory=list)  # pooled, paired
+    size_match_mm: float = SIZE_MATCH_MM
 
     @property
     def rows(self) -> list[Scored]:
-        """Per-fold rows, then the pooled row: what the table shows."""
-        return [f.row for f in self.folds] + [self.pooled]
+        """Per-fold rows, the pooled row, then the pooled baselines: what the table shows."""
+        return [f.row for f in self.folds] + [self.pooled] + self.baseline_rows
 
     def to_json(self) -> dict[str, Any]:
         return {
             "cross_validated": self.label,
             "epochs": self.epochs,
             "bootstrap_resamples": N_BOOT,
+            "size_match_mm": self.size_match_mm,
             "members": [
                 {
                     "trial": m.trial,
@@ -133,6 +144,8 @@ class CrossvalResult:
                 "test_nodules": sum(len(f.labels) for f in self.folds),
                 "test_malignant": sum(int(f.labels.sum()) for f in self.folds),
                 "result": self.pooled.to_json(),
+                "baselines": [r.to_json() for r in self.baseline_rows],
+                "comparisons": [c.to_json() for c in self.comparisons],
             },
         }
 
@@ -266,6 +279,7 @@ def crossval(
     epochs: int | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[str], None] | None = None,
+    match_mm: float = SIZE_MATCH_MM,
 ) -> CrossvalResult:
     """Train ``plan``'s members on all outer folds but k and test on k, for each chosen fold k."""
     cfg = plan.cfg
@@ -286,7 +300,7 @@ def crossval(
     else:
         seen = plan.search_patients
     notes = list(plan.notes)
-    results = []
+    results, diam = [], []
     for k in chosen:
         test_idx = np.flatnonzero(fold_of == k)
         train, test = ns.subset(np.flatnonzero(fold_of != k)), ns.subset(test_idx)
@@ -299,19 +313,38 @@ def crossval(
         t0 = time.perf_counter()
         prob = _train_and_predict(plan, k, train, test, train_cfg, device)
         seconds = time.perf_counter() - t0
-        row = score(f"fold {k}", test.labels, prob, cfg.study.seed + k, params=_params(plan), weight=None)
-        results.append(
-            FoldResult(k, len(train), held_out, [m["nodule"] for m in test.meta], test.labels, prob, row, seconds)
+        diam.append(diameters(test))
+        row = score(
+            f"fold {k}",
+            test.labels,
+            prob,
+            cfg.study.seed + k,
+            diameters_mm=diam[-1],
+            match_mm=match_mm,
+            params=_params(plan),
         )
+        fitted, baseline_notes = fit_baselines(train.meta, train.labels, test.meta, None)
+        names = [m["nodule"] for m in test.meta]
+        kept = {name: p for name, (p, _) in fitted.items()}
+        results.append(FoldResult(k, len(train), held_out, names, test.labels, prob, row, seconds, kept))
         if progress:
             m = row.metrics
             progress(f"fold {k}: accuracy {m['accuracy']:.3f}, AUC {m['auc']:.3f} ({seconds:.1f} s)")
 
     labels = np.concatenate([f.labels for f in results])
     prob = np.concatenate([f.prob for f in results])
-    pooled = score("pooled", labels, prob, cfg.study.seed, params=_params(plan), weight=None)
+    pooled_diam = None if any(d is None for d in diam) else np.concatenate(diam)
+    seed = cfg.study.seed
+    pooled = score("pooled", labels, prob, seed, diameters_mm=pooled_diam, match_mm=match_mm, params=_params(plan))
+    others = {
+        name: (np.concatenate([f.baselines[name] for f in results]), DEFAULT_THRESHOLD) for name in results[0].baselines
+    }
+    baseline_rows, comparisons = against("pooled", labels, prob, others, seed, pooled_diam, match_mm)
     notes.extend(_protocol_notes(cfg, ns, plan, results, present))
-    return CrossvalResult(plan.label, train_cfg.epochs, plan.members, results, pooled, notes)
+    notes.extend(baseline_notes)
+    return CrossvalResult(
+        plan.label, train_cfg.epochs, plan.members, results, pooled, notes, baseline_rows, comparisons, match_mm
+    )
 
 
 def _train_and_predict(
@@ -365,7 +398,7 @@ def _protocol_notes(
     if ns.params.get("splits"):
         notes.append(f"{ns.source} has fixed splits {ns.params['splits']}; rotating them is not its official protocol")
     if ns.source == "phantom":
-        notes.append("LIDC phantom data: real annotations, synthetic CT intensities; not clinical figures")
+        notes.append(PHANTOM_CAVEAT)
     if len(results) < len(present):
         notes.append(
             f"{len(results)} of the data's {len(present)} folds; the paper's protocol uses them all (--folds all)"

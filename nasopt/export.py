@@ -2,8 +2,10 @@
 
 Reads the trial record of every complete trial, fetches the validation predictions and weights
 from the study's artifact store with Optuna's ``download_artifact``, chooses members (see
-:mod:`nasopt.selection`), optionally refits them on the whole search split, and writes the
-ensemble with the split it came from, so ``evaluate`` can find the held-out fold.
+:mod:`nasopt.selection`), fits temperature scaling and picks the decision threshold on the
+ensemble's validation predictions (see :mod:`nasopt.calibration`), optionally refits the members
+on the whole search split, and writes the ensemble with the split it came from, so ``evaluate``
+can find the held-out fold. Nothing is fitted on the test fold.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import TrialState
 
 from nasopt import selection
-from nasopt.checkpoint import CheckpointHeader, Selection, read_checkpoint
+from nasopt.calibration import CALIBRATIONS, apply_temperature, choose_threshold, fit_temperature, parse_operating_point
+from nasopt.checkpoint import Calibration, CheckpointHeader, OperatingPoint, Selection, read_checkpoint
 from nasopt.config import StudyConfig
 from nasopt.data.noduleset import NoduleSet
 from nasopt.data.prepare import load_data
 from nasopt.data.splits import study_sets
 from nasopt.ensemble import save_ensemble
 from nasopt.errors import ConfigError, DataError
+from nasopt.metrics import binary_metrics
 from nasopt.study import artifact_location, load_study, open_storage, study_artifacts
 from nasopt.trial_record import TrialRecord, read_predictions
 
@@ -37,6 +41,8 @@ class ExportResult:
     members: list[tuple[TrialRecord, int]]  # (trial, selection count)
     selection: Selection
     refit: bool
+    calibration: Calibration | None
+    operating_point: OperatingPoint
 
 
 def _fetch(
@@ -69,12 +75,18 @@ def export_study(
     max_params: int | None = None,
     refit: bool = False,
     device: str | torch.device = "cpu",
+    calibration: str = "temperature",
+    operating_point: str = "youden",
 ) -> ExportResult:
-    """Choose members from ``study_name``'s complete trials and write them as one ensemble file."""
+    """Choose members from ``study_name``'s complete trials, calibrate them and choose their
+    threshold on validation, and write them as one ensemble file."""
     if rule not in ("greedy", "pareto", "topk"):
         raise ConfigError(f"--select {rule!r}: choose greedy, pareto or topk")
-    if metric not in ("auc", "accuracy"):
-        raise ConfigError(f"--metric {metric!r}: choose auc or accuracy")
+    if metric not in selection.SELECTION_METRICS:
+        raise ConfigError(f"--metric {metric!r}: choose {', '.join(selection.SELECTION_METRICS)}")
+    if calibration not in CALIBRATIONS:
+        raise ConfigError(f"--calibration {calibration!r}: choose {' or '.join(CALIBRATIONS)}")
+    point_rule, target = parse_operating_point(operating_point)  # before any work: bad input fails fast
     storage = open_storage(storage_url, heartbeat=None, create=False)
     study, cfg = load_study(study_name, storage)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -112,7 +124,9 @@ def export_study(
             raise ConfigError(
                 f"--max-params {max_params:,}: no Pareto-front trial fits; raise it or use --select greedy"
             )
-        val_score = selection.weighted_score(cands, weights, labels, metric)
+        val_prob = selection.weighted_prob(cands, weights)
+        val_score = selection.value(labels, val_prob, metric)
+        cal, point = _decide(val_prob, labels, calibration, point_rule, target, refit)
 
         ns = load_data(cfg.data, progress=False)
         sets = study_sets(cfg, ns)
@@ -138,8 +152,36 @@ def export_study(
             data_fingerprint=ns.fingerprint(),
             search_patients=search_patients,
             refit=refit,
+            calibration=cal,
+            operating_point=point,
         )
-    return ExportResult(Path(path), [(records[n], c) for n, c in weights.items()], chosen, refit)
+    return ExportResult(Path(path), [(records[n], c) for n, c in weights.items()], chosen, refit, cal, point)
+
+
+def _decide(
+    prob: np.ndarray,
+    labels: np.ndarray,
+    calibration: str,
+    rule: str,
+    target: float | None,
+    refit: bool,
+) -> tuple[Calibration | None, OperatingPoint]:
+    """Temperature and threshold of the chosen ensemble, from its validation probability ``prob``,
+    the weighted mean of its members' stored validation predictions (after a refit those are the
+    only honest ones: the refitted members trained on the validation nodules)."""
+    cal = None
+    if calibration == "temperature":
+        fitted_on = "validation predictions" + (" of the members before refit" if refit else "")
+        temperature = fit_temperature(labels, prob)
+        cal = Calibration(method="temperature", temperature=temperature, fitted_on=fitted_on, val_nodules=len(labels))
+        prob = apply_temperature(prob, cal.temperature)
+    threshold = choose_threshold(labels, prob, rule, target)
+    at = binary_metrics(labels, prob, threshold)
+    name = rule if target is None else f"{rule}={target:g}"
+    point = OperatingPoint(
+        rule=name, threshold=threshold, val_sensitivity=at["sensitivity"], val_specificity=at["specificity"]
+    )
+    return cal, point
 
 
 def _refit(

@@ -156,3 +156,52 @@ def curves(runs: Sequence[tuple[str, Sequence[dict[str, float]]]], path: str | P
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.85, wspace=0.2)
     return save(fig, path)
+
+
+def roc(
+    labels: np.ndarray,
+    curves: Sequence[tuple[str, np.ndarray, float | None]],
+    path: str | Path,
+    title: str,
+) -> Path:
+    """ROC curves of (name, probabilities, threshold) on one set; each threshold given is marked
+    as the point it decides at."""
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    y = np.asarray(labels).astype(bool)
+    for i, (name, prob, threshold) in enumerate(curves):
+        fpr, tpr, _ = roc_curve(y, prob)
+        color = f"C{i}"
+        ax.plot(fpr, tpr, color=color, label=name, linewidth=1.5 if i == 0 else 1.0)
+        if threshold is not None:
+            pred = np.asarray(prob) >= threshold
+            sens, fp = (pred & y).sum() / y.sum(), (pred & ~y).sum() / (~y).sum()
+            ax.plot([fp], [sens], "o", color=color, markersize=7, label=f"{name} at threshold {threshold:.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="gray", linewidth=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.11, top=0.9)
+    return save(fig, path)
+
+
+def reliability(
+    labels: np.ndarray, curves: Sequence[tuple[str, np.ndarray]], path: str | Path, title: str, bins: int = 10
+) -> Path:
+    """Reliability diagram: the fraction malignant against the mean probability in each of
+    ``bins`` equal-width bins (the bins of the ECE), with the diagonal of perfect calibration."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    y = np.asarray(labels, dtype=np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    for i, (name, prob) in enumerate(curves):
+        p = np.asarray(prob, dtype=np.float64)
+        which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+        filled = [b for b in range(bins) if (which == b).any()]
+        means = [p[which == b].mean() for b in filled]
+        rates = [y[which == b].mean() for b in filled]
+        ax.plot(means, rates, "o-", color=f"C{i}", label=name, markersize=4)
+    ax.plot([0, 1], [0, 1], ":", color="gray", linewidth=0.8)
+    ax.set(xlabel="mean predicted P(malignant)", ylabel="fraction malignant", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left", fontsize=7)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.11, top=0.9)
+    return save(fig, path)

@@ -46,7 +46,8 @@ class CentreSpec:
 
 @dataclass(frozen=True)
 class Row:
-    """One prediction: an input, the centre in world mm (None for a crop), and probabilities."""
+    """One prediction: an input, the centre in world mm (None for a crop), the ensemble's
+    calibrated probability, its decision at the ensemble's threshold, and each member's raw probability."""
 
     input: str
     centre: Centre | None
@@ -54,6 +55,7 @@ class Row:
     prob: float
     member_probs: tuple[float, ...]
     crop_file: Path | None = None
+    malignant: int = 0  # 1 when prob >= the ensemble's threshold
 
 
 @dataclass
@@ -64,11 +66,12 @@ class PredictResult:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     crops_saved: bool = False
+    threshold: float | None = None  # the ensemble's decision threshold
 
     @property
     def columns(self) -> list[str]:
         extra = ["crop"] if self.crops_saved else []
-        return ["input", "x", "y", "z", "edge_padded", "prob_malignant", *self.members, *extra]
+        return ["input", "x", "y", "z", "edge_padded", "prob_malignant", "malignant", *self.members, *extra]
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -331,11 +334,14 @@ def predict(
 
             ensemble = load_ensemble(ensemble_file)
             result.members = member_columns(ensemble.header)
+            result.threshold = ensemble.threshold
         cut = cut_crops(loaded, ensemble.input_size, notes)
         probs, member_probs = ensemble.predict(np.stack([c.crop.astype(np.float32) for c in cut]))
         for c, p, pm in zip(cut, probs, member_probs):
             crop_file = _save_crop(save_crops, len(result.rows), item, c.crop) if save_crops is not None else None
-            result.rows.append(Row(item, c.centre, c.edge_padded, float(p), tuple(float(v) for v in pm), crop_file))
+            members = tuple(float(v) for v in pm)
+            decision = int(p >= ensemble.threshold)
+            result.rows.append(Row(item, c.centre, c.edge_padded, float(p), members, crop_file, decision))
     return result
 
 
@@ -394,7 +400,7 @@ def cut_crops(loaded: Loaded, size: int, notes: list[str]) -> list[Cut]:
 
 
 def _prob(p: float) -> str:
-    return format(p, ".9g")  # 9 significant digits: a float32 probability exactly
+    return format(p, ".9g")  # 9 significant digits: a member's float32 probability exactly
 
 
 def csv_text(result: PredictResult) -> str:
@@ -406,7 +412,9 @@ def csv_text(result: PredictResult) -> str:
         centre = [f"{v:.3f}" for v in row.centre] if row.centre is not None else ["", "", ""]
         padded = "" if row.edge_padded is None else str(row.edge_padded).lower()
         extra = [str(row.crop_file)] if result.crops_saved else []
-        writer.writerow([row.input, *centre, padded, _prob(row.prob), *map(_prob, row.member_probs), *extra])
+        # repr: the shortest text that reads back as the same float64, so the CSV decides as the ensemble did
+        probs = [repr(row.prob), row.malignant, *map(_prob, row.member_probs)]
+        writer.writerow([row.input, *centre, padded, *probs, *extra])
     return buffer.getvalue()
 
 
@@ -426,11 +434,15 @@ def result_table(result: PredictResult, title: str) -> Any:  # -> rich.table.Tab
     table = Table(title=escape(title))
     for name, justify in (("input", "left"), ("centre (mm)", "right"), ("prob_malignant", "right")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column(f"malignant (>= {result.threshold:.3f})" if result.threshold is not None else "malignant")
     for name in result.members:
         table.add_column(name, justify="right")
     table.add_column("edge padded")
     for row in result.rows:
         centre = "-" if row.centre is None else ", ".join(f"{v:.1f}" for v in row.centre)
         padded = "-" if row.edge_padded is None else ("yes" if row.edge_padded else "no")
-        table.add_row(Text(row.input), centre, f"{row.prob:.3f}", *(f"{p:.3f}" for p in row.member_probs), padded)
+        decision = "yes" if row.malignant else "no"
+        table.add_row(
+            Text(row.input), centre, f"{row.prob:.3f}", decision, *(f"{p:.3f}" for p in row.member_probs), padded
+        )
     return table

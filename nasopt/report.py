@@ -63,33 +63,40 @@ def pareto_table(study: optuna.Study) -> Table:
     return table
 
 
-#: Columns of a metrics table, in the order of the paper's tables.
+#: Columns of a metrics table: the paper's, then calibration (Brier score, ECE).
 METRIC_COLUMNS = (
     ("accuracy", "accuracy"),
     ("sensitivity", "sensitiv."),
     ("specificity", "specific."),
     ("f1", "F1"),
     ("auc", "AUC"),
+    ("brier", "Brier"),
+    ("ece", "ECE"),
 )
 
 
-def metrics_table(title: str, rows: list, n_boot: int = N_BOOT) -> Group:
-    """One row per model (``Scored``-like: name, metrics, intervals, params, weight): each metric's
-    value with its 95% interval below it, and its weight ``w`` in the ensemble; fits 80 columns."""
-    table = Table(
-        box=None,
-        header_style="bold underline",
-        pad_edge=False,
-        caption=f"below each value: its 95% interval ({n_boot} bootstrap resamples)",
-    )
-    for name in ("model", "w", "params", *(label for _, label in METRIC_COLUMNS)):
+def metrics_table(title: str, rows: list, n_boot: int = N_BOOT, match_mm: float | None = None) -> Group:
+    """One row per model (``Scored``-like: name, metrics, intervals, params, weight, threshold,
+    size_matched): each metric's value with its 95% interval below it, the threshold ``thr`` its
+    decisions used, its weight ``w`` in the ensemble, and where diameters are known its AUC over
+    size-matched pairs with the number of pairs below."""
+    matched = any(getattr(r, "size_matched", None) for r in rows)
+    caption = f"below each value: its 95% interval ({n_boot} stratified bootstrap resamples)"
+    if matched:
+        caption += f"; size-matched AUC: benign-malignant pairs within {match_mm:g} mm in diameter, pairs below"
+    table = Table(box=None, header_style="bold underline", pad_edge=False, caption=caption)
+    names = ("model", "w", "params", "thr", *(label for _, label in METRIC_COLUMNS), *(["AUC sm."] if matched else []))
+    for name in names:
         table.add_column(name, justify="left" if name == "model" else "right", no_wrap=True)
     for r in rows:
         cells = [
             f"{_fmt(r.metrics[k], '.3f')}\n{_fmt(r.intervals[k][0], '.2f')}-{_fmt(r.intervals[k][1], '.2f')}"
             for k, _ in METRIC_COLUMNS
         ]
-        table.add_row(r.name, _fmt(r.weight, ".2f"), _fmt(r.params, ","), *cells)
+        if matched:
+            auc, pairs = r.size_matched or (None, None)
+            cells.append(f"{_fmt(auc, '.3f')}\n{_fmt(pairs, ',')}")
+        table.add_row(r.name, _fmt(r.weight, ".2f"), _fmt(r.params, ","), _fmt(r.threshold, ".3f"), *cells)
     return Group(Text(title), table)  # the title on a line of its own: a table title wraps to the table's width
 
 

@@ -11,7 +11,10 @@ Pure functions over arrays, so the rules are tested without training:
 * ``topk``: the ``k`` best trials by the metric, equal weights.
 Both take trials best first by the metric (:func:`ranked`, :func:`within_budget`).
 
-Every rule keeps the total parameters of the distinct members within ``max_params``.
+Every rule keeps the total parameters of the distinct members within ``max_params``. The
+metric is ``auc`` or ``accuracy``, or, as AutoGluon can, ``logloss`` or ``brier`` of the
+probabilities after the same temperature scaling that export then fits (negated, so that
+higher is better for every metric).
 """
 
 from __future__ import annotations
@@ -19,11 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.metrics import brier_score_loss, log_loss
 
+from nasopt.calibration import apply_temperature, fit_temperature
 from nasopt.metrics import binary_metrics
 
 #: AutoGluon's default number of greedy additions.
 GREEDY_ROUNDS = 25
+#: Validation metrics that select and rank members.
+SELECTION_METRICS = ("auc", "accuracy", "logloss", "brier")
+_LOSSES = {"logloss": log_loss, "brier": brier_score_loss}
 
 
 @dataclass(frozen=True)
@@ -33,9 +41,18 @@ class Candidate:
     prob: np.ndarray  # validation probabilities, in the study's validation order
 
 
+def value(labels: np.ndarray, prob: np.ndarray, metric: str) -> float:
+    """``metric`` of ``prob`` on ``labels``: losses after temperature scaling; NaN where undefined."""
+    if metric in _LOSSES:
+        calibrated = apply_temperature(prob, fit_temperature(labels, prob))
+        return float(_LOSSES[metric](labels, calibrated, labels=[0, 1]))
+    return binary_metrics(labels, prob)[metric]
+
+
 def score(labels: np.ndarray, prob: np.ndarray, metric: str) -> float:
-    value = binary_metrics(labels, prob)[metric]
-    return -np.inf if np.isnan(value) else value
+    """:func:`value`, higher is better (losses negated); -inf where it is undefined."""
+    v = value(labels, prob, metric)
+    return -np.inf if np.isnan(v) else (-v if metric in _LOSSES else v)
 
 
 def _fits(chosen: dict[int, int], cand: Candidate, params: dict[int, int], max_params: int | None) -> bool:
@@ -47,7 +64,7 @@ def _fits(chosen: dict[int, int], cand: Candidate, params: dict[int, int], max_p
 def greedy(
     cands: list[Candidate], labels: np.ndarray, metric: str, max_params: int | None = None, rounds: int = GREEDY_ROUNDS
 ) -> tuple[dict[int, int], float]:
-    """({trial: count}, validation score) of Caruana selection with replacement."""
+    """({trial: count}, validation :func:`score`) of Caruana selection with replacement."""
     params = {c.number: c.params for c in cands}
     chosen: dict[int, int] = {}
     total = np.zeros(len(labels))
@@ -88,8 +105,7 @@ def within_budget(order: list[Candidate], max_params: int | None, k: int | None 
     return chosen
 
 
-def weighted_score(cands: list[Candidate], weights: dict[int, int], labels: np.ndarray, metric: str) -> float:
-    """Validation ``metric`` of the weighted mean probability of the chosen candidates."""
+def weighted_prob(cands: list[Candidate], weights: dict[int, int]) -> np.ndarray:
+    """The weighted mean validation probability of the chosen candidates."""
     by_number = {c.number: c for c in cands}
-    prob = sum(w * by_number[n].prob.astype(np.float64) for n, w in weights.items()) / sum(weights.values())
-    return score(labels, prob, metric)
+    return sum(w * by_number[n].prob.astype(np.float64) for n, w in weights.items()) / sum(weights.values())

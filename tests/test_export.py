@@ -8,12 +8,18 @@ import onnxruntime
 import optuna
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, f1_score, recall_score, roc_auc_score
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, recall_score, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+from nasopt.baselines import RATING_KEYS
+from nasopt.calibration import apply_temperature, choose_threshold, fit_temperature
 from nasopt.config import load_config
 from nasopt.data.prepare import load_data
-from nasopt.data.splits import study_sets
+from nasopt.data.splits import outer_folds, study_sets
 from nasopt.ensemble import load_ensemble
+from nasopt.export import export_study
 from nasopt.inference import center_crop
 from nasopt.sampler import make_sampler
 from nasopt.study import create_or_load, load_study, open_storage
@@ -34,8 +40,8 @@ def export(where, out, *args):
 @pytest.fixture(scope="module")
 def greedy_file(searched_study, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "ensemble.safetensors"
-    onnx = out.with_suffix(".onnx")
-    proc = export(searched_study, out, "--onnx", str(onnx))
+    onnx, ts, bundle = out.with_suffix(".onnx"), out.with_suffix(".ts"), out.parent / "nodule_classification"
+    proc = export(searched_study, out, "--onnx", str(onnx), "--torchscript", str(ts), "--monai-bundle", str(bundle))
     assert f"{out}: " in proc.stdout and "greedy selection" in proc.stdout
     return out
 
@@ -72,15 +78,23 @@ def test_greedy_export_is_at_least_the_best_trial_and_records_its_split(searched
     assert not set(header.search_patients) & set(sets.test.patients)
 
 
-def test_onnx_graph_matches_torch(searched_study, greedy_file):
+def test_export_writes_the_onnx_torchscript_and_monai_files_it_was_asked_for(searched_study, greedy_file):
+    """The command line's deployment flags; tests/test_deploy.py tests the files themselves."""
     _, cfg = study_of(searched_study)
     val = study_sets(cfg, load_data(cfg.data, progress=False)).val
     hu = center_crop(torch.from_numpy(val.crops), 32).float()[:, None]
+    ens = load_ensemble(greedy_file)
     with torch.no_grad():
-        expected = load_ensemble(greedy_file)(hu).numpy()
+        expected, labels = ens(hu).numpy(), ens.classify(hu).numpy()
     session = onnxruntime.InferenceSession(str(greedy_file.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"hu": hu.numpy()})
-    assert got.shape == (len(val),) and np.abs(got - expected).max() < 1e-5
+    prob, malignant = session.run(None, {"hu": hu.numpy()})
+    assert prob.shape == (len(val),) and np.abs(prob - expected).max() < 1e-5 and (malignant == labels).all()
+    scripted = torch.jit.load(str(greedy_file.with_suffix(".ts")))
+    with torch.no_grad():
+        prob, malignant = scripted(hu)
+    assert np.abs(prob.numpy() - expected).max() < 1e-5 and (malignant.numpy() == labels).all()
+    bundle = greedy_file.parent / "nodule_classification"
+    assert {p.name for p in bundle.rglob("*") if p.is_file()} == {"metadata.json", "inference.json", "model.ts"}
 
 
 def test_evaluate_reports_scikit_learn_metrics_with_intervals_on_the_test_fold(searched_study, greedy_file):
@@ -91,22 +105,137 @@ def test_evaluate_reports_scikit_learn_metrics_with_intervals_on_the_test_fold(s
     test = study_sets(cfg, load_data(cfg.data, progress=False)).test
     prob, members = load_ensemble(greedy_file).predict(test.crops)
     assert result["test_nodules"] == len(test) and result["bootstrap_resamples"] >= 1000
-    assert [r["model"] for r in result["results"]][0] == "ensemble"
-    assert len(result["results"]) == 1 + members.shape[1]
+    rows = {r["model"]: r for r in result["results"]}
+    assert result["results"][0]["model"] == "ensemble"
+    assert list(rows) == ["ensemble", "ensemble, uncalibrated", "size baseline", "ratings reference"] + [
+        f"trial {m.model.trial}" for m in load_ensemble(greedy_file).header.members
+    ]
+    ens = load_ensemble(greedy_file)
+    assert rows["ensemble"]["threshold"] == ens.threshold == ens.header.operating_point.threshold
+    assert rows["ensemble, uncalibrated"]["threshold"] == 0.5
+    raw = members @ ens.weights.numpy().astype(np.float64)
     y = test.labels
-    for row, p in zip(result["results"], [prob, *members.T]):
-        m, pred = row["metrics"], p >= 0.5
+    models = [r for r in result["results"] if r["role"] == "model"]
+    for row, p in zip(models, [prob, raw, *members.T]):
+        m, pred = row["metrics"], p >= row["threshold"]
         assert m["accuracy"]["value"] == accuracy_score(y, pred)
         assert m["sensitivity"]["value"] == recall_score(y, pred)
         assert m["specificity"]["value"] == recall_score(y, pred, pos_label=0)
         assert m["f1"]["value"] == f1_score(y, pred, zero_division=0.0)
         assert m["auc"]["value"] == roc_auc_score(y, p)
+        assert m["brier"]["value"] == pytest.approx(brier_score_loss(y, p.astype(np.float64)), abs=1e-12)
         for name, v in m.items():
-            assert v["low"] <= v["value"] <= v["high"], (row["model"], name, v)
+            if name != "ece":  # ECE is biased upward under resampling; its interval can lie above it
+                assert v["low"] <= v["value"] <= v["high"], (row["model"], name, v)
+    # The size baseline and the ratings reference: scikit-learn's, fitted on the search split.
+    sets = study_sets(cfg, load_data(cfg.data, progress=False))
+    search = sets.train.meta + sets.val.meta
+    search_y = np.concatenate([sets.train.labels, sets.val.labels])
+    for name, keys in (("size baseline", []), ("ratings reference", RATING_KEYS)):
+
+        def features(meta, keys=keys):
+            return np.array([[np.log(r["diameter_mm"]), *(r[k] for k in keys)] for r in meta])
+
+        lr = make_pipeline(StandardScaler(), LogisticRegression()).fit(features(search), search_y)
+        expected = lr.predict_proba(features(test.meta))[:, 1]
+        assert rows[name]["metrics"]["auc"]["value"] == pytest.approx(roc_auc_score(y, expected), abs=1e-12)
+        assert rows[name]["role"] == ("baseline" if not keys else "reference")
+    # Paired differences, ensemble minus each.
+    comparisons = {c["minus"]: c for c in result["comparisons"]}
+    assert set(comparisons) == {"size baseline", "ratings reference"}
+    for name, c in comparisons.items():
+        diff = rows["ensemble"]["metrics"]["auc"]["value"] - rows[name]["metrics"]["auc"]["value"]
+        assert c["difference"] == pytest.approx(diff, abs=1e-12) and c["low"] <= c["difference"] <= c["high"]
+    diameters = np.array([r["diameter_mm"] for r in test.meta])
+    pairs = sum(abs(diameters[i] - diameters[j]) <= 2.0 for i in np.flatnonzero(y == 0) for j in np.flatnonzero(y == 1))
+    assert all(r["size_matched_auc"]["pairs"] == pairs for r in result["results"])
     assert any("phantom" in note for note in result["notes"])
 
-    table = nasopt(searched_study, "evaluate", str(greedy_file))
-    assert table.returncode == 0 and "held-out test fold" in table.stdout and "ensemble" in table.stdout
+    figures = searched_study / "figures"
+    table = nasopt(searched_study, "evaluate", str(greedy_file), "--figures", str(figures))
+    assert table.returncode == 0 and "held-out test fold" in table.stdout and "size baseline" in table.stdout
+    assert "ensemble minus size baseline: AUC" in table.stdout and "paired 95% interval" in table.stdout
+    for name in ("roc.png", "reliability.png"):
+        assert (figures / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_export_calibrates_and_chooses_its_threshold_on_validation(searched_study, greedy_file):
+    study, cfg = study_of(searched_study)
+    ens = load_ensemble(greedy_file)
+    header = ens.header
+    assert header.calibration.fitted_on == "validation predictions" and header.calibration.val_nodules > 0
+    assert header.operating_point.rule == "youden"
+    # Refit from the members' stored validation predictions, as the export did.
+    val = study_sets(cfg, load_data(cfg.data, progress=False)).val
+    _, members = ens.predict(val.crops)  # the stored validation predictions, exactly (tested above)
+    weights = np.array([m.weight for m in header.members])
+    raw = members.astype(np.float64) @ (weights / weights.sum())
+    temperature = fit_temperature(val.labels, raw)
+    assert header.calibration.temperature == pytest.approx(temperature, rel=1e-6)
+    calibrated = apply_temperature(raw, temperature)
+    assert log_loss(val.labels, calibrated) <= log_loss(val.labels, raw) + 1e-12
+    assert header.operating_point.threshold == pytest.approx(choose_threshold(val.labels, calibrated, "youden"))
+    assert ens.temperature == header.calibration.temperature
+
+
+def test_the_test_fold_fits_nothing(searched_study, tmp_path, monkeypatch):
+    """Shuffling the test fold's labels leaves the members, temperature and threshold unchanged."""
+    import nasopt.export
+    from nasopt.data.prepare import load_data as real_load_data
+
+    url = f"sqlite:///{searched_study}/storage/nasopt.db"
+    _, cfg = study_of(searched_study)
+    first = load_ensemble(export_study("demo", url, tmp_path / "a.safetensors").path).header
+
+    def shuffled_test_labels(data, **kwargs):
+        ns = real_load_data(data, **kwargs)
+        test = np.flatnonzero(outer_folds(ns, cfg.split.n_folds, cfg.split.seed) == cfg.split.test_fold)
+        labels = ns.labels.copy()
+        labels[test] = np.random.default_rng(0).permutation(labels[test])
+        assert not np.array_equal(labels, ns.labels)
+        return type(ns)(ns.crops, labels, ns.meta, ns.source, ns.params, ns.folds)
+
+    monkeypatch.setattr(nasopt.export, "load_data", shuffled_test_labels)
+    second = load_ensemble(export_study("demo", url, tmp_path / "b.safetensors").path).header
+    assert second.calibration == first.calibration and second.operating_point == first.operating_point
+    assert [m.model.trial for m in second.members] == [m.model.trial for m in first.members]
+
+
+def test_operating_points_calibration_off_and_bad_targets(searched_study, tmp_path):
+    out = tmp_path / "sens.safetensors"
+    proc = export(searched_study, out, "--operating-point", "sensitivity=0.9", "--calibration", "none")
+    header = load_ensemble(out).header
+    assert header.calibration is None and header.operating_point.rule == "sensitivity=0.9"
+    assert header.operating_point.val_sensitivity >= 0.9
+    assert "calibration: none; threshold" in proc.stdout
+    bad = tmp_path / "bad.safetensors"
+    assert_user_error(
+        nasopt(searched_study, "export", "--study", "demo", "--out", str(bad), "--operating-point", "sensitivity=1.5"),
+        "--operating-point 'sensitivity=1.5'",
+        "sensitivity=0.90",
+    )
+    assert not bad.exists()
+    proc = export(searched_study, out, "--metric", "logloss", "--select", "topk", "--k", "2")
+    assert load_ensemble(out).header.selection.metric == "logloss"
+
+
+def test_an_ensemble_file_from_before_calibration_still_loads_and_evaluates(searched_study, greedy_file, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(greedy_file, framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    header = json.loads(meta["nasopt"])
+    del header["calibration"], header["operating_point"]
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, old, metadata={**meta, "nasopt": json.dumps(header)})
+    ens = load_ensemble(old)
+    assert ens.temperature == 1.0 and ens.threshold == 0.5
+    proc = nasopt(searched_study, "evaluate", str(old), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert any("predates calibration" in note for note in result["notes"])
+    assert result["results"][0]["threshold"] == 0.5 and "ensemble, uncalibrated" not in str(result["results"])
 
 
 def test_evaluate_refuses_a_test_fold_the_search_has_seen(searched_study, greedy_file):

@@ -111,13 +111,15 @@ def test_npy_crops_match_ensemble_predict(ensemble_file, tmp_path):
     proc = nasopt(tmp_path, "predict", str(ensemble_file), "cube.npy", "batch.npy", "--save-crops", "seen")
     assert proc.returncode == 0, proc.stderr
     rows = read_rows(proc.stdout)
-    assert list(rows[0]) == ["input", "x", "y", "z", "edge_padded", "prob_malignant", "trial_3", "trial_7", "crop"]
+    columns = ["input", "x", "y", "z", "edge_padded", "prob_malignant", "malignant", "trial_3", "trial_7", "crop"]
+    assert list(rows[0]) == columns
     assert [r["input"] for r in rows] == ["cube.npy", "batch.npy"]
 
     ensemble = load_ensemble(ensemble_file)
     for row, crop in zip(rows, (cube, batch[0])):
         prob, members = ensemble.predict(crop[None])
         assert np.float32(row["prob_malignant"]) == prob[0]
+        assert row["malignant"] == str(int(prob[0] >= 0.5))  # a file without an operating point: 0.5
         assert [np.float32(row["trial_3"]), np.float32(row["trial_7"])] == list(members[0])
         assert row["x"] == row["y"] == row["z"] == row["edge_padded"] == ""
         lo = (crop.shape[0] - S) // 2
@@ -212,3 +214,45 @@ def bad_inputs(tmp_path_factory) -> Path:
 def test_bad_input_is_one_line_and_exit_2(ensemble_file, bad_inputs, case):
     args, fragments = BAD_INPUTS[case]
     assert_user_error(nasopt(bad_inputs, "predict", str(ensemble_file), *args), *fragments)
+
+
+def test_the_malignant_column_decides_at_the_exported_threshold_after_calibration(tiny_ensemble_file, tmp_path):
+    from nasopt.checkpoint import Calibration, OperatingPoint, read_checkpoint
+    from nasopt.checkpoint import EnsembleHeader as Header
+    from nasopt.ensemble import save_ensemble
+
+    rng = np.random.default_rng(2)
+    crops = [rng.normal(mean, 150, (S, S, S)).astype(np.int16) for mean in (-850, -300, 100)]
+    for i, crop in enumerate(crops):
+        np.save(tmp_path / f"c{i}.npy", crop)
+    tensors, header = read_checkpoint(tiny_ensemble_file, "ensemble", Header)
+    calibration = Calibration(method="temperature", temperature=0.001, fitted_on="validation", val_nodules=9)
+    uncalibrated = load_ensemble(tiny_ensemble_file).predict(np.stack(crops))[0]
+    assert np.ptp(uncalibrated) > 0  # the crops differ to the networks
+    # Untrained networks say about 0.5: a low temperature spreads that; a threshold between the
+    # calibrated probabilities makes both decisions occur.
+    calibrated = 1 / (1 + np.exp(-np.log(uncalibrated / (1 - uncalibrated)) / 0.001))
+    threshold = float(np.sort(calibrated)[:2].mean())  # between two crops, not on one
+    point = OperatingPoint(rule="youden", threshold=threshold, val_sensitivity=1.0, val_specificity=1.0)
+    members = [
+        (m.model, {k.removeprefix(m.prefix): v for k, v in tensors.items() if k.startswith(m.prefix)}, m.weight)
+        for m in header.members
+    ]
+    kept = header.model_dump(exclude={"members", "calibration", "operating_point", "nasopt_version"})
+    path = save_ensemble(tmp_path / "cal.safetensors", members, **kept, calibration=calibration, operating_point=point)
+
+    proc = nasopt(tmp_path, "predict", str(path), "c0.npy", "c1.npy", "c2.npy")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_rows(proc.stdout)
+    got = np.array([float(r["prob_malignant"]) for r in rows])
+    assert np.abs(got - calibrated).max() < 1e-6 and np.abs(got - uncalibrated).max() > 1e-3
+    assert [r["malignant"] for r in rows] == [str(int(p >= threshold)) for p in got]
+    assert {r["malignant"] for r in rows} == {"0", "1"}
+    ensemble = load_ensemble(path)
+    assert ensemble.threshold == threshold
+    import torch
+
+    from nasopt.inference import center_crop
+
+    x = center_crop(torch.from_numpy(np.stack(crops)), 32)[:, None]
+    assert ensemble.classify(x).tolist() == [int(r["malignant"]) for r in rows]

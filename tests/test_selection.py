@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+from sklearn.metrics import brier_score_loss, log_loss
 
-from nasopt.selection import Candidate, greedy, ranked, score, weighted_score, within_budget
+from nasopt.calibration import apply_temperature, fit_temperature
+from nasopt.selection import Candidate, greedy, ranked, score, weighted_prob, within_budget
 
 
 def candidates(seed: int, n_trials: int = 12, n_val: int = 60):
@@ -17,15 +19,24 @@ def candidates(seed: int, n_trials: int = 12, n_val: int = 60):
     return cands, labels
 
 
-@pytest.mark.parametrize("metric", ["auc", "accuracy"])
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("metric", ["auc", "accuracy", "logloss", "brier"])
+@pytest.mark.parametrize("seed", range(4))
 def test_greedy_is_never_below_the_best_single_member(seed, metric):
     cands, labels = candidates(seed)
     weights, value = greedy(cands, labels, metric)
     best_single = max(score(labels, c.prob, metric) for c in cands)
     assert value >= best_single
-    assert value == weighted_score(cands, weights, labels, metric)
+    assert value == score(labels, weighted_prob(cands, weights), metric)
     assert all(isinstance(w, int) and w >= 1 for w in weights.values())
+
+
+@pytest.mark.parametrize("metric, loss", [("logloss", log_loss), ("brier", brier_score_loss)])
+def test_loss_metrics_score_the_temperature_scaled_probabilities(metric, loss):
+    cands, labels = candidates(0)
+    for c in cands[:3]:
+        calibrated = apply_temperature(c.prob, fit_temperature(labels, c.prob))
+        assert score(labels, c.prob, metric) == -loss(labels, calibrated)
+        assert score(labels, c.prob, metric) >= -loss(labels, c.prob.astype(np.float64))
 
 
 def test_greedy_first_pick_is_the_best_single_trial_and_it_stops_without_gain():

@@ -31,6 +31,9 @@ from nasopt.errors import ConfigError
 if TYPE_CHECKING:
     from nasopt.data.noduleset import NoduleSet
 
+#: What every figure measured on the phantom is, wherever one is shown: said in one place.
+PHANTOM_CAVEAT = "LIDC phantom: real annotations, synthetic CT intensities; not clinical figures"
+
 
 @dataclass(frozen=True)
 class Run:
