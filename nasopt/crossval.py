@@ -279,9 +279,11 @@ def crossval(
     epochs: int | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[str], None] | None = None,
-    match_mm: float = SIZE_MATCH_MM,
+    match_mm: float | None = None,
 ) -> CrossvalResult:
-    """Train ``plan``'s members on all outer folds but k and test on k, for each chosen fold k."""
+    """Train ``plan``'s members on all outer folds but k and test on k, for each chosen fold k;
+    ``match_mm`` (default :data:`SIZE_MATCH_MM`) bounds the size-matched pairs."""
+    match_mm = SIZE_MATCH_MM if match_mm is None else match_mm
     cfg = plan.cfg
     train_cfg = cfg.train if epochs is None else cfg.train.model_copy(update={"epochs": epochs})
     device = torch.device(device)

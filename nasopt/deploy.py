@@ -115,13 +115,18 @@ def header_json(ensemble: Ensemble) -> dict[str, Any]:
     }
 
 
+def check_onnx() -> None:
+    """A one-line error when the onnx package is missing: torch's exporter needs it."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ConfigError("--onnx needs the onnx package: pip install 'nasopt[onnx]'") from None
+
+
 def export_onnx(ensemble: Ensemble, path: str | Path, opset: int = 17) -> Path:
     """The whole ensemble as one ONNX graph: HU crops ``hu`` (B, 1, s, s, s) -> ``prob_malignant``
     (B,), the calibrated probability, and ``malignant`` (B,) int64, 0/1 at the ensemble's threshold."""
-    try:
-        import onnx  # noqa: F401  (torch's exporter needs it; say so before any work)
-    except ImportError:
-        raise ConfigError("--onnx needs the onnx package: pip install 'nasopt[onnx]'") from None
+    check_onnx()
     flat, example = _deployable(ensemble)
     with atomic_write(path) as tmp, warnings.catch_warnings():
         # The TorchScript exporter: torch 2.13's torch.export-based one fails on this graph

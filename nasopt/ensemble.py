@@ -40,8 +40,9 @@ class Ensemble(nn.Module):
         if not members or len(members) != len(weights) or min(weights) <= 0:
             raise ValueError("an ensemble needs at least one member and one positive weight per member")
         self.members = nn.ModuleList(members)
+        # float64: the weighted mean is taken as export took it when it chose the threshold
         w = torch.tensor(weights, dtype=torch.float64)
-        self.register_buffer("weights", (w / w.sum()).float())
+        self.register_buffer("weights", w / w.sum())
         self.header = header
         calibration = header.calibration if header else None
         self.temperature = calibration.temperature if calibration else 1.0
@@ -73,7 +74,7 @@ class Ensemble(nn.Module):
         return torch.stack([m(hu) for m in self.members], dim=1)
 
     def forward(self, hu: torch.Tensor) -> torch.Tensor:
-        return self.calibrate(self.member_probs(hu) @ self.weights)
+        return self.calibrate(self.member_probs(hu).double() @ self.weights)
 
     def predict(self, crops: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(calibrated ensemble (N,) float64, raw members (N, M)) probabilities of HU crops (N, S, S, S),
@@ -84,7 +85,7 @@ class Ensemble(nn.Module):
                 f"crops of shape {tuple(crops.shape)}: expected (N, S, S, S) cubes with S >= {self.input_size}"
             )
         per_member = predict_proba(_PerMember(self), crops, self.input_size).cpu()
-        return self.calibrate(per_member @ self.weights.cpu()).numpy(), per_member.numpy()
+        return self.calibrate(per_member.double() @ self.weights.cpu()).numpy(), per_member.numpy()
 
 
 class _PerMember(nn.Module):

@@ -37,6 +37,7 @@ from nasopt.metrics import (
     binary_metrics,
     bootstrap_intervals,
     paired_difference,
+    reliability_points,
     size_matched_auc,
 )
 from nasopt.model import count_params
@@ -240,9 +241,11 @@ def held_out_set(ensemble: Ensemble, data_overrides: list[str] | None = None) ->
 
 
 def evaluate(
-    path: str | Path, data_overrides: list[str] | None = None, seed: int = 0, match_mm: float = SIZE_MATCH_MM
+    path: str | Path, data_overrides: list[str] | None = None, seed: int = 0, match_mm: float | None = None
 ) -> Evaluation:
-    """Ensemble, baselines and members on the held-out test fold, with 95% bootstrap intervals."""
+    """Ensemble, baselines and members on the held-out test fold, with 95% bootstrap intervals;
+    ``match_mm`` (default :data:`SIZE_MATCH_MM`) bounds the size-matched pairs."""
+    match_mm = SIZE_MATCH_MM if match_mm is None else match_mm
     ensemble = load_ensemble(path)
     header = ensemble.header
     sets, notes = held_out_set(ensemble, data_overrides)
@@ -257,7 +260,7 @@ def evaluate(
     if point is None:
         notes.insert(
             0,
-            "this ensemble file predates calibration: uncalibrated probabilities at threshold 0.5 "
+            f"this ensemble file predates calibration: uncalibrated probabilities at threshold {DEFAULT_THRESHOLD} "
             "(export it again to calibrate it and choose its threshold on validation)",
         )
     else:
@@ -306,8 +309,7 @@ def write_figures(result: Evaluation, folder: str | Path) -> list[Path]:
     return [
         figures.roc(result.labels, curves, folder / "roc.png", f"ROC, {title}"),
         figures.reliability(
-            result.labels,
-            [(n, p) for n, p in result.probs.items()],
+            [(n, *reliability_points(result.labels, p)) for n, p in result.probs.items()],
             folder / "reliability.png",
             f"reliability, {title}",
         ),

@@ -43,6 +43,7 @@ class ExportResult:
     refit: bool
     calibration: Calibration | None
     operating_point: OperatingPoint
+    notes: list[str]
 
 
 def _fetch(
@@ -111,22 +112,22 @@ def export_study(
                 raise DataError(f"trial {r.number}: validated on other nodules than the other trials")
             nodules, labels = names, y
             cands.append(selection.Candidate(r.number, r.params, prob))
+        calibrate = calibration == "temperature"  # losses select on what the file will output
         if rule == "greedy":
-            weights, _ = selection.greedy(cands, labels, metric, max_params)
+            weights, _ = selection.greedy(cands, labels, metric, max_params, calibrate=calibrate)
         elif rule == "pareto":
             front = {t.number for t in study.best_trials}
-            weights = selection.within_budget(
-                selection.ranked([c for c in cands if c.number in front], labels, metric), max_params
-            )
+            on_front = [c for c in cands if c.number in front]
+            weights = selection.within_budget(selection.ranked(on_front, labels, metric, calibrate), max_params)
         else:
-            weights = selection.within_budget(selection.ranked(cands, labels, metric), max_params, k)
+            weights = selection.within_budget(selection.ranked(cands, labels, metric, calibrate), max_params, k)
         if not weights:  # only pareto can get here: every front trial is over the budget
             raise ConfigError(
                 f"--max-params {max_params:,}: no Pareto-front trial fits; raise it or use --select greedy"
             )
         val_prob = selection.weighted_prob(cands, weights)
-        val_score = selection.value(labels, val_prob, metric)
-        cal, point = _decide(val_prob, labels, calibration, point_rule, target, refit)
+        val_score = selection.value(labels, val_prob, metric, calibrate)
+        cal, point, notes = _decide(val_prob, labels, calibration, point_rule, target, refit)
 
         ns = load_data(cfg.data, progress=False)
         sets = study_sets(cfg, ns)
@@ -155,7 +156,7 @@ def export_study(
             calibration=cal,
             operating_point=point,
         )
-    return ExportResult(Path(path), [(records[n], c) for n, c in weights.items()], chosen, refit, cal, point)
+    return ExportResult(Path(path), [(records[n], c) for n, c in weights.items()], chosen, refit, cal, point, notes)
 
 
 def _decide(
@@ -165,23 +166,31 @@ def _decide(
     rule: str,
     target: float | None,
     refit: bool,
-) -> tuple[Calibration | None, OperatingPoint]:
+) -> tuple[Calibration | None, OperatingPoint, list[str]]:
     """Temperature and threshold of the chosen ensemble, from its validation probability ``prob``,
     the weighted mean of its members' stored validation predictions (after a refit those are the
-    only honest ones: the refitted members trained on the validation nodules)."""
-    cal = None
+    only honest ones: the refitted members trained on the validation nodules), and notes."""
+    cal, notes = None, []
     if calibration == "temperature":
         fitted_on = "validation predictions" + (" of the members before refit" if refit else "")
         temperature = fit_temperature(labels, prob)
-        cal = Calibration(method="temperature", temperature=temperature, fitted_on=fitted_on, val_nodules=len(labels))
-        prob = apply_temperature(prob, cal.temperature)
+        if temperature is None:
+            notes.append(
+                "calibration left off: validation separates the classes perfectly, or shows no signal to scale "
+                "(the best temperature runs to the optimiser's bound)"
+            )
+        else:
+            cal = Calibration(
+                method="temperature", temperature=temperature, fitted_on=fitted_on, val_nodules=len(labels)
+            )
+            prob = apply_temperature(prob, temperature)
     threshold = choose_threshold(labels, prob, rule, target)
     at = binary_metrics(labels, prob, threshold)
     name = rule if target is None else f"{rule}={target:g}"
     point = OperatingPoint(
         rule=name, threshold=threshold, val_sensitivity=at["sensitivity"], val_specificity=at["specificity"]
     )
-    return cal, point
+    return cal, point, notes
 
 
 def _refit(

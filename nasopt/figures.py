@@ -185,21 +185,14 @@ def roc(
     return save(fig, path)
 
 
-def reliability(
-    labels: np.ndarray, curves: Sequence[tuple[str, np.ndarray]], path: str | Path, title: str, bins: int = 10
-) -> Path:
-    """Reliability diagram: the fraction malignant against the mean probability in each of
-    ``bins`` equal-width bins (the bins of the ECE), with the diagonal of perfect calibration."""
+def reliability(curves: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: str | Path, title: str) -> Path:
+    """Reliability diagram of (name, mean probability, fraction malignant, nodules) per filled
+    bin, with the diagonal of perfect calibration. A marker's area grows with its bin's share of
+    the nodules: on a small test fold most bins hold a few."""
     fig, ax = plt.subplots(figsize=(5, 5))
-    y = np.asarray(labels, dtype=np.float64)
-    edges = np.linspace(0, 1, bins + 1)
-    for i, (name, prob) in enumerate(curves):
-        p = np.asarray(prob, dtype=np.float64)
-        which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
-        filled = [b for b in range(bins) if (which == b).any()]
-        means = [p[which == b].mean() for b in filled]
-        rates = [y[which == b].mean() for b in filled]
-        ax.plot(means, rates, "o-", color=f"C{i}", label=name, markersize=4)
+    for i, (name, means, rates, counts) in enumerate(curves):
+        ax.plot(means, rates, "-", color=f"C{i}", label=name, linewidth=0.8, alpha=0.7)
+        ax.scatter(means, rates, s=6 + 120 * np.asarray(counts) / np.sum(counts), color=f"C{i}", alpha=0.8)
     ax.plot([0, 1], [0, 1], ":", color="gray", linewidth=0.8)
     ax.set(xlabel="mean predicted P(malignant)", ylabel="fraction malignant", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(loc="upper left", fontsize=7)

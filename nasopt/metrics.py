@@ -5,6 +5,14 @@ Every interval resamples nodules within each class (a stratified bootstrap): an 
 resample of a small test fold can lack a class, which leaves its AUC undefined and would make
 a quantile silently drop it. Resamples are drawn once per call as an index matrix and every
 metric is computed over all of them at once.
+
+The ECE interval is honest but not centred: ECE is biased upward under resampling (a resample
+repeats nodules, so its bins hold fewer distinct ones and their |mean p - fraction malignant|
+gaps grow). On 90 nodules with logistic-noise probabilities the mean of 1000 resampled ECEs
+exceeded the set's ECE for 200 of 200 seeds (by 0.029 on average, 0.010 at least), and in 14 of
+the 200 the 95% interval lay wholly above the estimate; every other metric's interval held its
+estimate in all 200 (tests/test_metrics.py). Read the ECE interval as the spread, not as a
+correction of the estimate.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ ECE_BINS = 10
 SIZE_MATCH_MM = 2.0
 
 
-def _bins(prob: np.ndarray) -> np.ndarray:
+def ece_bin(prob: np.ndarray) -> np.ndarray:
     """ECE bin of each probability: bin i holds [i/10, (i+1)/10), the last one also 1.0."""
     return np.minimum((prob * ECE_BINS).astype(np.int64), ECE_BINS - 1)
 
@@ -31,6 +39,19 @@ def expected_calibration_error(labels: np.ndarray, prob: np.ndarray) -> float:
     """Sum over the :data:`ECE_BINS` bins of (share of nodules in the bin) x |mean probability -
     fraction malignant| in the bin (Guo et al. 2017)."""
     return float(_resampled_ece(np.asarray(labels, bool)[None], np.asarray(prob, np.float64)[None])[0])
+
+
+def reliability_points(labels: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean probability, fraction malignant, nodules) of each non-empty ECE bin: what a
+    reliability diagram draws."""
+    y, p = np.asarray(labels, np.float64), np.asarray(prob, np.float64)
+    which = ece_bin(p)
+    filled = np.unique(which)
+    return (
+        np.array([p[which == b].mean() for b in filled]),
+        np.array([y[which == b].mean() for b in filled]),
+        np.array([(which == b).sum() for b in filled]),
+    )
 
 
 def binary_metrics(labels: np.ndarray, prob_malignant: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -56,7 +77,11 @@ def binary_metrics(labels: np.ndarray, prob_malignant: np.ndarray, threshold: fl
 
 def stratified_indices(labels: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
     """(n_boot, n) indices: each row draws as many benign and as many malignant nodules as the
-    set has, with replacement within each class, so every resample keeps the class counts."""
+    set has, with replacement within each class, so every resample keeps the class counts.
+
+    The benign columns come first, drawn before the malignant ones from one generator: exactly
+    the resamples :func:`scipy.stats.bootstrap` draws for (benign, malignant) as two independent
+    samples with ``rng=np.random.default_rng(seed)`` (the tests hold the intervals to it)."""
     labels = np.asarray(labels).astype(int)
     rng = np.random.default_rng(seed)
     parts = []
@@ -79,7 +104,7 @@ def _resampled_auc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 def _resampled_ece(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """ECE of each row of (y, p), all rows at once (a bincount over row-and-bin keys)."""
     rows, n = p.shape
-    key = (np.arange(rows)[:, None] * ECE_BINS + _bins(p)).ravel()
+    key = (np.arange(rows)[:, None] * ECE_BINS + ece_bin(p)).ravel()
     size = rows * ECE_BINS
     prob_sum = np.bincount(key, weights=p.ravel(), minlength=size).reshape(rows, ECE_BINS)
     pos_sum = np.bincount(key, weights=y.ravel().astype(np.float64), minlength=size).reshape(rows, ECE_BINS)
@@ -91,7 +116,7 @@ def _resampled_metrics(
 ) -> dict[str, np.ndarray]:
     """Every metric of every resample (rows of ``idx``) at once; the same definitions as
     :func:`binary_metrics` (scikit-learn's), vectorised because 1000 resamples of 7 metrics
-    through scikit-learn take seconds per model."""
+    through scikit-learn took 5.7 s per model against 23 ms here (200 nodules, 2 busy cores)."""
     y = labels[idx].astype(bool)
     p = prob[idx]
     pred = p >= threshold
@@ -165,6 +190,7 @@ def size_matched_auc(
     labels = np.asarray(labels).astype(int)
     prob, diam = np.asarray(prob, np.float64), np.asarray(diameters_mm, np.float64)
     benign, malignant = labels == 0, labels == 1
+    # The 1e-9 mm keeps pairs at exactly the limit: 8.3 - 6.3 is 2.000000000000001 in floats.
     close = np.abs(diam[benign][:, None] - diam[malignant][None, :]) <= max_difference_mm + 1e-9
     pairs = int(close.sum())
     if not pairs:

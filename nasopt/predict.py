@@ -53,9 +53,9 @@ class Row:
     centre: Centre | None
     edge_padded: bool | None
     prob: float
+    malignant: int  # 1 when prob >= the ensemble's threshold
     member_probs: tuple[float, ...]
     crop_file: Path | None = None
-    malignant: int = 0  # 1 when prob >= the ensemble's threshold
 
 
 @dataclass
@@ -341,7 +341,7 @@ def predict(
             crop_file = _save_crop(save_crops, len(result.rows), item, c.crop) if save_crops is not None else None
             members = tuple(float(v) for v in pm)
             decision = int(p >= ensemble.threshold)
-            result.rows.append(Row(item, c.centre, c.edge_padded, float(p), members, crop_file, decision))
+            result.rows.append(Row(item, c.centre, c.edge_padded, float(p), decision, members, crop_file))
     return result
 
 

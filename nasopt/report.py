@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nasopt.atomic import atomic_write
+from nasopt.data.sources import PHANTOM_CAVEAT
 from nasopt.errors import DataError
 from nasopt.metrics import N_BOOT
 from nasopt.model import Architecture
@@ -203,9 +204,7 @@ def write_report(study_name: str, storage: str | None, out: str | Path) -> Path:
 
     rows = pareto_rows(study)
     settings = json.dumps(cfg.model_dump(mode="json"), indent=2)
-    caveat = (
-        "LIDC phantom: real annotations, synthetic CT intensities. These are not clinical figures." if phantom else ""
-    )
+    caveat = f"{PHANTOM_CAVEAT}." if phantom else ""
     _write_text(out / "summary.md", _summary_md(study_name, len(trials), rows, hv[-1], settings, caveat))
     _write_text(out / "index.html", _index_html(study_name, len(trials), rows, hv[-1], settings, caveat))
     return out

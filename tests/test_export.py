@@ -176,6 +176,12 @@ def test_export_calibrates_and_chooses_its_threshold_on_validation(searched_stud
     assert log_loss(val.labels, calibrated) <= log_loss(val.labels, raw) + 1e-12
     assert header.operating_point.threshold == pytest.approx(choose_threshold(val.labels, calibrated, "youden"))
     assert ens.temperature == header.calibration.temperature
+    # The shipped ensemble, run on the validation crops, decides exactly as export measured there.
+    hu = center_crop(torch.from_numpy(val.crops), 32)[:, None]
+    with torch.no_grad():
+        decided = ens.classify(hu).numpy()
+    assert recall_score(val.labels, decided) == header.operating_point.val_sensitivity
+    assert recall_score(val.labels, decided, pos_label=0) == header.operating_point.val_specificity
 
 
 def test_the_test_fold_fits_nothing(searched_study, tmp_path, monkeypatch):
@@ -215,8 +221,26 @@ def test_operating_points_calibration_off_and_bad_targets(searched_study, tmp_pa
         "sensitivity=0.90",
     )
     assert not bad.exists()
-    proc = export(searched_study, out, "--metric", "logloss", "--select", "topk", "--k", "2")
-    assert load_ensemble(out).header.selection.metric == "logloss"
+    taken = tmp_path / "taken_classification"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    assert_user_error(
+        nasopt(searched_study, "export", "--study", "demo", "--out", str(bad), "--monai-bundle", str(taken)),
+        str(taken),
+        "--force",
+    )
+    assert not bad.exists() and [p.name for p in taken.iterdir()] == ["keep.txt"]  # refused before any work
+    _, cfg = study_of(searched_study)
+    val = study_sets(cfg, load_data(cfg.data, progress=False)).val
+    for calibration in ("temperature", "none"):
+        export(searched_study, out, "--metric", "logloss", "--select", "topk", "--k", "2", "--calibration", calibration)
+        ens = load_ensemble(out)
+        members = ens.predict(val.crops)[1].astype(np.float64)
+        raw = members @ ens.weights.numpy()
+        shipped = apply_temperature(raw, fit_temperature(val.labels, raw)) if calibration == "temperature" else raw
+        # The validation log loss recorded is that of what the file outputs, calibrated or not.
+        assert ens.header.selection.metric == "logloss"
+        assert ens.header.selection.val_score == pytest.approx(log_loss(val.labels, shipped), rel=1e-6)
 
 
 def test_an_ensemble_file_from_before_calibration_still_loads_and_evaluates(searched_study, greedy_file, tmp_path):
