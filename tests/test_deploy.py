@@ -160,7 +160,7 @@ def test_onnx_outputs_match_the_ensemble(onnx_file, ensemble, hu, expected):
     np.testing.assert_array_equal(out["malignant"], expected[1])
     # The temperature is inside: the uncalibrated weighted mean is 0.56-0.60, the graph's 0.54-0.56.
     with torch.no_grad():
-        raw = (ensemble.member_probs(hu) @ ensemble.weights).numpy()
+        raw = (ensemble.member_probs(hu).double() @ ensemble.weights).numpy()
     assert np.abs(out["prob_malignant"] - raw).min() > 1e-2
 
 
