@@ -118,7 +118,7 @@ def test_npy_crops_match_ensemble_predict(ensemble_file, tmp_path):
     ensemble = load_ensemble(ensemble_file)
     for row, crop in zip(rows, (cube, batch[0])):
         prob, members = ensemble.predict(crop[None])
-        assert np.float32(row["prob_malignant"]) == prob[0]
+        assert float(row["prob_malignant"]) == prob[0]  # float64, written exactly
         assert row["malignant"] == str(int(prob[0] >= 0.5))  # a file without an operating point: 0.5
         assert [np.float32(row["trial_3"]), np.float32(row["trial_7"])] == list(members[0])
         assert row["x"] == row["y"] == row["z"] == row["edge_padded"] == ""

@@ -29,7 +29,7 @@ def test_fit_learns_a_separable_task_and_reports_everything():
         on_epoch=seen.append,
     )
     assert r.metrics["auc"] > 0.9
-    assert set(r.metrics) == {"accuracy", "sensitivity", "specificity", "f1", "auc"}
+    assert set(r.metrics) == {"accuracy", "sensitivity", "specificity", "f1", "auc", "brier", "ece"}
     assert len(r.curve) == 6 == len(seen) and r.curve[-1]["epoch"] == 6
     assert r.curve[-1]["train_loss"] < r.curve[0]["train_loss"]
     assert r.val_prob.shape == (40,) and np.all((r.val_prob >= 0) & (r.val_prob <= 1))
