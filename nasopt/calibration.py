@@ -26,8 +26,6 @@ from nasopt.errors import ConfigError
 
 #: Probabilities are clipped to [PROB_EPS, 1 - PROB_EPS] before taking their logit.
 PROB_EPS = 1e-6
-#: ``export --operating-point`` rules; the targets take a value: ``sensitivity=0.90``.
-OPERATING_POINTS = ("youden", "sensitivity", "specificity")
 CALIBRATIONS = ("temperature", "none")
 
 

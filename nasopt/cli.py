@@ -410,6 +410,17 @@ def export(
         console.print(f"{path}: MONAI bundle (configs/metadata.json, configs/inference.json, models/model.ts)")
 
 
+def _print_scores(title: str, result: object) -> None:
+    """An evaluation's or a cross-validation's table, its paired comparisons and its notes."""
+    from nasopt.report import metrics_table
+
+    console.print(metrics_table(escape(title), result.rows, match_mm=result.size_match_mm))
+    for comparison in result.comparisons:
+        console.print(escape(comparison.line()), highlight=False)
+    for note in result.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+
+
 SizeMatchOpt = Annotated[
     float | None,
     typer.Option(min=0, help="Size-matched AUC: pairs whose diameters differ by at most this many mm [2]."),
@@ -432,7 +443,6 @@ def evaluate(
     import json
 
     from nasopt.evaluate import evaluate as run
-    from nasopt.report import metrics_table
 
     result = run(file, list(data or []), match_mm=size_match_mm)
     if figures is not None:
@@ -443,11 +453,7 @@ def evaluate(
         print(json.dumps(result.to_json(), indent=2))
         return
     title = f"{file}: held-out test fold, {result.n_test} nodules ({result.n_malignant} malignant)"
-    console.print(metrics_table(escape(title), result.rows, match_mm=result.size_match_mm))
-    for comparison in result.comparisons:
-        console.print(escape(comparison.line()), highlight=False)
-    for note in result.notes:
-        console.print(f"note: {escape(note)}", highlight=False)
+    _print_scores(title, result)
 
 
 @app.command()
@@ -478,7 +484,6 @@ def crossval(
         raise ConfigError("--trial picks a trial of --study; an ensemble's members are fixed")
     from nasopt.crossval import crossval as run
     from nasopt.crossval import parse_folds, plan_ensemble, plan_study
-    from nasopt.report import metrics_table
     from nasopt.train import resolve_device
 
     chosen = parse_folds(folds)  # before the study and data: bad input fails fast
@@ -491,11 +496,7 @@ def crossval(
         return
     n, epochs = len(result.folds), result.epochs
     title = f"{result.label}: {n} outer fold(s), each tested after {epochs} epoch(s) on the others"
-    console.print(metrics_table(escape(title), result.rows, match_mm=result.size_match_mm))
-    for comparison in result.comparisons:
-        console.print(escape(comparison.line()), highlight=False)
-    for note in result.notes:
-        console.print(f"note: {escape(note)}", highlight=False)
+    _print_scores(title, result)
 
 
 @app.command()
