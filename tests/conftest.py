@@ -118,6 +118,23 @@ def nasopt(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def trials_now(study: str, url: str, states=None) -> list:
+    """The study's trials while a worker may still be creating the database; ``[]`` until it exists.
+
+    Reads through nasopt's opener, which waits out the race to create the tables that a plain
+    ``optuna.load_study`` next to a starting worker can lose ("table trials already exists").
+    """
+    import optuna
+
+    from nasopt.study import StorageError, open_storage
+
+    try:
+        storage = open_storage(url, heartbeat=None, create=False)
+        return optuna.load_study(study_name=study, storage=storage).get_trials(states=states)
+    except (KeyError, StorageError):  # no database file or no study yet
+        return []
+
+
 def small(cache_dir: Path) -> list[str]:
     return [
         "--config",

@@ -22,7 +22,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from nasopt.worker import over_budget, worker_index
-from tests.conftest import DEMO, assert_user_error, nasopt, small
+from tests.conftest import DEMO, assert_user_error, nasopt, small, trials_now
 
 # After small(): trials of a few seconds, each trained fully (early stopping is tested on its own).
 TINY = ["--set", "train.epochs=2", "--set", 'fidelity.strategy="none"']
@@ -144,10 +144,7 @@ def test_a_killed_workers_trial_fails_and_its_retry_completes(tmp_path, cache_di
     victim = _popen(tmp_path, *worker, *small(cache_dir), *TINY)
 
     def victims_running_trial() -> FrozenTrial | None:
-        try:
-            running = optuna.load_study(study_name=study, storage=postgres_url).get_trials(states=(TrialState.RUNNING,))
-        except KeyError:  # the study is not created yet
-            return None
+        running = trials_now(study, postgres_url, states=(TrialState.RUNNING,))
         # "arch" is recorded once every parameter is suggested: the trial is training.
         mine = (
             t for t in running if t.user_attrs.get("worker", {}).get("pid") == victim.pid and "arch" in t.user_attrs
@@ -188,12 +185,7 @@ def test_sigterm_fails_the_trial_as_stopped_queues_it_again_and_exits(tmp_path, 
     )
 
     def running() -> list[FrozenTrial]:
-        if not (tmp_path / "storage" / "nasopt.db").is_file():
-            return []
-        try:
-            return optuna.load_study(study_name="term", storage=url).get_trials(states=(TrialState.RUNNING,))
-        except KeyError:
-            return []
+        return trials_now("term", url, states=(TrialState.RUNNING,))
 
     _wait_for(running, "a running trial", proc)
     proc.send_signal(signal.SIGTERM)
@@ -215,10 +207,7 @@ def test_a_database_restart_costs_a_pause_not_a_worker(tmp_path, cache_dir, post
     )  # fmt: skip
 
     def complete() -> list[FrozenTrial]:
-        try:
-            return optuna.load_study(study_name=study, storage=postgres.url).get_trials(states=(TrialState.COMPLETE,))
-        except KeyError:
-            return []
+        return trials_now(study, postgres.url, states=(TrialState.COMPLETE,))
 
     _wait_for(complete, "a complete trial", launch)
     postgres.restart_fast()
