@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy
@@ -304,7 +305,7 @@ def _read_trials(engine: sqlalchemy.Engine, where: sqlalchemy.ColumnElement[bool
     return [
         FrozenTrial(
             number=row.number, state=row.state, value=None, values=h.values or None,
-            datetime_start=row.datetime_start, datetime_complete=row.datetime_complete,
+            datetime_start=_local(row.datetime_start), datetime_complete=_local(row.datetime_complete),
             params={n: d.to_external_repr(v) for n, (v, d) in h.params.items()},
             distributions={n: d for n, (_, d) in h.params.items()},
             user_attrs=h.user, system_attrs=h.system, intermediate_values=h.steps, trial_id=row.trial_id,
@@ -312,6 +313,12 @@ def _read_trials(engine: sqlalchemy.Engine, where: sqlalchemy.ColumnElement[bool
         for row in rows
         for h in (held[row.trial_id],)
     ]  # fmt: skip
+
+
+def _local(utc: datetime | None) -> datetime | None:
+    """A stored time as Optuna 5 hands it out: the column holds naive UTC, a trial naive local
+    time (``TrialModel.datetime_start``). The tests hold this to Optuna's reader outside UTC."""
+    return None if utc is None else utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
 
 
 @dataclass

@@ -4,6 +4,9 @@ and trials read back exactly as Optuna's own storage reads them."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+
 import optuna
 import pytest
 import sqlalchemy
@@ -153,9 +156,19 @@ def _as_read(trial: FrozenTrial) -> str:
     return repr({k: sorted(v.items()) if isinstance(v, dict) else v for k, v in vars(trial).items()})
 
 
-def test_trials_read_back_exactly_as_optunas_storage_reads_them(url):
+@pytest.fixture(params=["UTC", "America/New_York", "Asia/Kolkata"])
+def local_zone(request, monkeypatch) -> str:
+    """The process's local time zone: Optuna 5 stores UTC and hands out local time."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_trials_read_back_exactly_as_optunas_storage_reads_them(url, local_zone):
     storage = open_storage(url, heartbeat=None)
-    study = _study(storage, "reads")
+    study = _study(storage, f"reads-{local_zone}")
     sid = study._study_id
 
     def objective(t: optuna.Trial) -> tuple[float, float]:
@@ -191,6 +204,9 @@ def test_trials_read_back_exactly_as_optunas_storage_reads_them(url):
         optunas = RDBStorage._get_trials(storage, sid, states, included, greater)
         assert [_as_read(t) for t in ours] == [_as_read(t) for t in optunas]
     assert {t.state for t in storage.get_all_trials(sid)} == set(optuna.trial.TrialState)
+    # Local wall-clock time, as Optuna hands it out, in whatever zone the process runs.
+    started = max(t.datetime_start for t in storage.get_all_trials(sid) if t.datetime_start)
+    assert abs((datetime.now() - started).total_seconds()) < 600
     for trial_id in ids:
         assert _as_read(storage.get_trial(trial_id)) == _as_read(RDBStorage.get_trial(storage, trial_id))
     with pytest.raises(KeyError):
