@@ -1,7 +1,7 @@
 """nasopt's RDB storage: Optuna's, surviving database restarts, with fewer commits and round trips.
 
-Every call is retried with backoff on transient database errors (a restart costs a worker a
-pause). Workers read study system attributes without optuna-dashboard's notes
+Calls that are safe to repeat are retried on transient database errors, and trial creation
+is reconciled (a restart costs a worker a pause). Workers read study system attributes without optuna-dashboard's notes
 (``read_notes=False``). A running trial's writes can be queued and committed as one transaction
 (:meth:`ResilientRDBStorage.deferred`), and a trial's note is one transaction. Trials are read
 with two statements instead of Optuna's seven.
@@ -9,18 +9,19 @@ with two statements instead of Optuna's seven.
 
 from __future__ import annotations
 
+import copy
 import functools
-import inspect
 import json
-import random
-import time
-from collections.abc import Callable, Container, Iterator, Mapping
+import logging
+import uuid
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy
+import tenacity
 from optuna.distributions import (
     BaseDistribution,
     check_distribution_compatibility,
@@ -36,10 +37,18 @@ from optuna_dashboard._note import note_str_key_prefix, note_ver_key, split_body
 
 #: optuna-dashboard keeps each note as study system attributes under this prefix.
 NOTE_PREFIX = "dashboard:"
-#: Transient database errors are retried with backoff 0.5, 1, 2, ... s, capped, for about this long.
-RETRY_SECONDS = 120.0
+#: A transient database error is retried with jittered backoff for at most this long. It stays
+#: below the 30 s a stopped worker is given before it is killed (Kubernetes'
+#: terminationGracePeriodSeconds, compose's stop_grace_period, Slurm's default KillWait), so a
+#: worker stopped during an outage still has time to record its trial as stopped.
+RETRY_SECONDS = 20.0
 #: Trial ids listed in one statement at most; past it, some databases refuse the list.
 MAX_LISTED_IDS = 1000
+#: The system attribute that marks a new trial with a one-off token, to find it again after a
+#: creation whose commit landed but whose reply was lost.
+CREATION_KEY = "nasopt:creation"
+
+log = logging.getLogger(__name__)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -50,30 +59,52 @@ def _transient(exc: BaseException) -> bool:
     )
 
 
-def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
+def _retrying(name: str) -> tenacity.Retrying:
+    """The one retry policy for call ``name``: transient errors only, jittered so that many
+    workers do not reconnect in lockstep after a restart, for at most RETRY_SECONDS; each
+    retry says so in one line."""
+
+    def say(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        reason = str(getattr(error, "__cause__", None) or error).splitlines()[0]
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("storage: %s failed (%s); retry %d in %.1f s", name, reason, state.attempt_number, wait)
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_transient),
+        stop=tenacity.stop_after_delay(RETRY_SECONDS),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5),
+        before_sleep=say,
+        reraise=True,
+    )
+
+
+def _retried(method: Callable[..., Any], landed: Callable[..., Any] | None = None) -> Callable[..., Any]:
+    """``method`` retried on transient errors. A call that is not idempotent names ``landed``:
+    before each retry it reads whether the failed try committed after all (a reply lost with the
+    connection) and returns what the call would have, or ``None`` to try again."""
+
     @functools.wraps(method)
-    def call(self: RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        deadline, delay = time.monotonic() + RETRY_SECONDS, 0.5
-        while True:
-            try:
+    def call(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        for attempt in _retrying(method.__name__):
+            with attempt:
+                if landed is not None and attempt.retry_state.attempt_number > 1:
+                    if (done := landed(self, *args, **kwargs)) is not None:
+                        return done
                 return method(self, *args, **kwargs)
-            except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as exc:
-                if not _transient(exc) or time.monotonic() + delay > deadline:
-                    raise
-                # Jitter keeps many workers from reconnecting in lockstep after a restart.
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(2 * delay, 8.0)
+        raise AssertionError("unreachable: tenacity returns or raises")
 
     return call
 
 
 class ResilientRDBStorage(RDBStorage):
     """Optuna's RDB storage whose calls survive a database restart: pre-pinged connections, and
-    each call retried with exponential backoff on transient errors for up to ``RETRY_SECONDS``.
+    calls retried with backoff on transient errors for up to ``RETRY_SECONDS``.
 
-    A call that failed after its commit reached the database would be applied twice when
-    retried; every call Optuna makes here either is idempotent or fails before the commit when
-    the connection is gone, which is what a restart does.
+    Only calls that are safe to repeat are retried (see ``_RETRIED``): reads, heartbeats and
+    writes that overwrite. The three that add rows are first reconciled with what the failed
+    try left: a new trial is found again by its creation token, a state change or a parameter
+    by reading the trial back. The rest (creating or deleting a study) fail at once.
 
     With ``read_notes=False`` (workers), study system attributes read back without
     optuna-dashboard's notes; see :func:`nasopt.study.open_storage`. A running trial's writes
@@ -125,6 +156,35 @@ class ResilientRDBStorage(RDBStorage):
         if not trials:
             self.get_study_name_from_id(study_id)  # a missing study raises KeyError, as Optuna's does
         return trials
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """Optuna's trial creation, reconciled on retry. Optuna's own creation retries inside
+        itself, and after a lost reply it makes a second trial that nobody runs. Here the new
+        trial carries a one-off token, and a retry first looks for a trial holding it."""
+        template = copy.copy(template_trial) if template_trial is not None else _running_template()
+        token = uuid.uuid4().hex
+        template.system_attrs = {**template.system_attrs, CREATION_KEY: token}
+        for attempt in _retrying("_create_new_trial"):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1 and (made := self._made_with(token)):
+                    return made
+                with _create_scoped_session(self.scoped_session) as session:
+                    # Locking the study row orders concurrent creations' numbers, as Optuna does.
+                    models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+                    trial = self._get_prepared_new_trial(study_id, template, session)
+                    made = copy.deepcopy(template)
+                    made.number, made.datetime_start = trial.number, trial.datetime_start
+                    made._trial_id = trial.trial_id
+                return made
+        raise AssertionError("unreachable: tenacity returns or raises")
+
+    def _made_with(self, token: str) -> FrozenTrial | None:
+        """The trial a failed creation made after all, found by its token; ``None`` if none."""
+        attrs = models.TrialSystemAttributeModel.__table__
+        holding = sqlalchemy.select(attrs.c.trial_id).where(
+            attrs.c.key == CREATION_KEY, attrs.c.value_json == json.dumps(token)
+        )
+        return next(iter(_read_trials(self.engine, _TRIALS.c.trial_id.in_(holding))), None)
 
     @contextmanager
     def deferred(self, trial_id: int) -> Iterator[None]:
@@ -178,7 +238,6 @@ class ResilientRDBStorage(RDBStorage):
         elif attrs:
             self._write(trial_id, _Writes(user=dict(attrs)))
 
-    @_retrying
     def save_trial_note(self, study_id: int, trial_id: int, body: str) -> None:
         """optuna-dashboard's note of a trial, as its ``save_note`` stores it (a version and the
         body in parts, as study system attributes), in one transaction that reads only this note's
@@ -203,7 +262,6 @@ class ResilientRDBStorage(RDBStorage):
                 [{"study_id": study_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()],
             )
 
-    @_retrying
     def _write(self, trial_id: int, writes: _Writes) -> None:
         """One transaction: the trial's state check, then per table a delete of the keys written
         and one bulk insert. Any database; repeating it after a lost commit changes nothing."""
@@ -243,12 +301,51 @@ class _Writes:
         return bool(self.params or self.user or self.system)
 
 
-# Every storage call Optuna makes, the heartbeat's included, goes through the retry: the public
-# methods, and the private ones Optuna's cache layer (in front of every study's storage) calls.
-_CACHE_CALLS = {"_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids", "_get_trials", "_set_trial_param"}
-for _name, _method in vars(RDBStorage).items():
-    if inspect.isfunction(_method) and (not _name.startswith("_") or _name in _CACHE_CALLS):
-        setattr(ResilientRDBStorage, _name, _retrying(vars(ResilientRDBStorage).get(_name, _method)))
+def _running_template() -> FrozenTrial:
+    """What Optuna creates without a template: a running trial started now."""
+    return FrozenTrial(
+        number=-1, state=TrialState.RUNNING, value=None, values=None, datetime_start=datetime.now(),
+        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+        intermediate_values={}, trial_id=-1,
+    )  # fmt: skip
+
+
+def _state_landed(
+    storage: ResilientRDBStorage, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+) -> bool | None:
+    """Whether a failed state change is in the database after all. A claim of a queued trial
+    (RUNNING) that shows running is taken as this worker's: at worst two workers train one
+    queued trial and the later report is refused, where the other answer would leave a trial
+    running that nobody runs."""
+    (trial,) = _read_trials(storage.engine, _TRIALS.c.trial_id == trial_id)
+    return True if trial.state == state and (values is None or trial.values == list(values)) else None
+
+
+def _param_landed(storage: ResilientRDBStorage, trial_id: int, name: str, internal: float, *_: Any) -> bool | None:
+    """Whether a failed parameter write is in the database after all (a second insert is refused)."""
+    params = models.TrialParamModel.__table__
+    stored = sqlalchemy.select(params.c.param_value).where(params.c.trial_id == trial_id, params.c.param_name == name)
+    with storage.engine.connect() as conn:
+        return True if conn.execute(stored).scalar() == internal else None
+
+
+#: The calls retried, and for those that add rows, how a retry reads whether the failed try
+#: landed. Reads and heartbeats repeat freely; attribute, intermediate-value and note writes
+#: overwrite. Trial creation reconciles itself (``_create_new_trial``). Study creation and
+#: deletion, and schema upgrades, are not retried: a person runs them and sees the error.
+_RETRIED: dict[str, Callable[..., Any] | None] = {
+    name: None
+    for name in (
+        "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+        "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+        "get_trial_param", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials",
+        "get_best_trial", "_get_best_trial_id", "_get_stale_trial_ids", "record_heartbeat",
+        "set_study_user_attr", "set_study_system_attr", "set_trial_user_attr", "set_trial_system_attr",
+        "set_trial_intermediate_value", "save_trial_note", "_write",
+    )
+} | {"set_trial_state_values": _state_landed, "_set_trial_param": _param_landed}  # fmt: skip
+for _name, _landed in _RETRIED.items():
+    setattr(ResilientRDBStorage, _name, _retried(getattr(ResilientRDBStorage, _name), _landed))
 
 
 _TRIALS = models.TrialModel.__table__

@@ -48,14 +48,19 @@ def _postgres_bin() -> Path | None:
 
 @dataclass(frozen=True)
 class Postgres:
-    """A running throwaway server: its URL, and ``pg_ctl`` to act on it as its own user."""
+    """A running throwaway server: its URL, and ``pg_ctl`` (with its start options) to act on it
+    as its own user."""
 
     url: str
     pg_ctl: list[str]
+    options: str
 
-    def restart_fast(self) -> None:
-        """``pg_ctl restart -m fast``: every connection is cut; returns once the server is back."""
-        subprocess.run([*self.pg_ctl, "restart", "-w", "-m", "fast"], capture_output=True, check=True, timeout=120)
+    def stop(self) -> None:
+        """``pg_ctl stop -m fast``: every connection is cut; returns once the server is down."""
+        subprocess.run([*self.pg_ctl, "stop", "-w", "-m", "fast"], capture_output=True, check=True, timeout=120)
+
+    def start(self) -> None:
+        subprocess.run([*self.pg_ctl, "start", "-w", "-o", self.options], capture_output=True, check=True, timeout=120)
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +95,7 @@ def postgres() -> Iterator[Postgres]:
         run(bin_dir / "initdb", "-D", db, "-U", "nasopt", "--pwfile", root / "pw", "--auth", "scram-sha-256")
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
         run(bin_dir / "pg_ctl", "start", "-w", "-D", db, "-l", root / "log", "-o", options)
-        yield Postgres(f"postgresql+psycopg://nasopt:{password}@127.0.0.1:{port}/postgres", pg_ctl)
+        yield Postgres(f"postgresql+psycopg://nasopt:{password}@127.0.0.1:{port}/postgres", pg_ctl, options)
     finally:
         subprocess.run([*pg_ctl, "stop", "-m", "immediate"], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)

@@ -9,6 +9,7 @@ test makes certain (a row lock keeps its trial RUNNING), not at a moment it gues
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -199,7 +200,7 @@ def test_sigterm_fails_the_trial_as_stopped_queues_it_again_and_exits(tmp_path, 
     assert again.params == stopped.params and again.system_attrs["failed_trial"] == 0
 
 
-def test_a_database_restart_costs_a_pause_not_a_worker(tmp_path, cache_dir, postgres):
+def test_a_database_outage_costs_a_pause_not_a_worker(tmp_path, cache_dir, postgres):
     study, budget = "restart", 6
     launch = _popen(
         tmp_path, "launch", "--workers", "2", "--study", study, "--storage", postgres.url,
@@ -210,13 +211,25 @@ def test_a_database_restart_costs_a_pause_not_a_worker(tmp_path, cache_dir, post
         return trials_now(study, postgres.url, states=(TrialState.COMPLETE,))
 
     _wait_for(complete, "a complete trial", launch)
-    postgres.restart_fast()
+    postgres.stop()
+    # The server stays down until one storage call has failed three times and waits to be retried
+    # again: the proof that the outage caught a call in flight (not two workers between calls),
+    # and that the retries, not luck, carried it over seconds of outage.
+    seen = []
+    for line in launch.stdout:
+        seen.append(line)
+        if re.search(r"storage: \w+ failed \(.*\); retry 3 in", line):
+            break
+    else:
+        pytest.fail("the workers ended with the database down before a call was retried 3 times: " + "".join(seen))
+    postgres.start()
     restarted = time.time()
-    out, _ = launch.communicate(timeout=900)
+    out = "".join(seen) + launch.communicate(timeout=900)[0]
     assert launch.returncode == 0, out
+    assert "Traceback" not in out
     trials = _trials(study, postgres.url)
     _assert_budget_met_exactly(trials, budget)
-    # The run went on across the restart: trials completed after it (each takes seconds).
+    # The run went on across the outage: trials completed after it (each takes seconds).
     assert any(t.datetime_complete.timestamp() > restarted for t in trials if t.state == TrialState.COMPLETE)
 
 

@@ -233,3 +233,32 @@ def test_only_a_lost_table_creation_race_is_retried_when_opening(url):
         with pytest.raises(sqlalchemy.exc.OperationalError) as refused:
             sqlalchemy.create_engine(sqlalchemy.make_url(url).set(password="wrong")).connect()
         assert not lost_creation_race(refused.value)
+
+
+def _lose_the_next_commit_reply(storage: RDBStorage) -> None:
+    """The next commit lands, and then its caller sees the connection drop, as when a database
+    restarts between committing and answering."""
+
+    def lost(conn: sqlalchemy.Connection) -> None:
+        sqlalchemy.event.remove(storage.engine, "commit", lost)
+        conn.connection.dbapi_connection.commit()
+        raise sqlalchemy.exc.OperationalError("COMMIT", None, ConnectionError("server closed the connection"))
+
+    sqlalchemy.event.listen(storage.engine, "commit", lost)
+
+
+def test_a_creation_whose_reply_was_lost_makes_one_trial_where_optunas_makes_two(url, caplog):
+    plain = RDBStorage(url)
+    study_id = plain.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "lost-reply")
+    _lose_the_next_commit_reply(plain)
+    plain.create_new_trial(study_id)  # Optuna retries the create, and the first trial is orphaned
+    assert [t.state for t in plain.get_all_trials(study_id)] == [optuna.trial.TrialState.RUNNING] * 2
+
+    ours = open_storage(url, heartbeat=None)
+    study_id = ours.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "lost-reply-ours")
+    _lose_the_next_commit_reply(ours)
+    with caplog.at_level("WARNING", logger="nasopt.rdb_storage"):
+        trial_id = ours.create_new_trial(study_id)
+    assert "storage: _create_new_trial failed" in caplog.text  # the reply really was lost
+    (trial,) = ours.get_all_trials(study_id)
+    assert (trial._trial_id, trial.state) == (trial_id, optuna.trial.TrialState.RUNNING)
