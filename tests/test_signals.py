@@ -13,6 +13,15 @@ import pytest
 from nasopt.worker import Stopped, _SignalGuard
 
 
+@pytest.fixture(autouse=True)
+def interactive_ctrl_c():
+    """Ctrl-C as an interactive Python has it, whatever the test run inherited: a run started in
+    the background without job control ignores SIGINT."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _wait_for_the_signal() -> None:
     for _ in range(1000):  # the handler runs at the next bytecode boundary; this only bounds a failure
         time.sleep(0.01)
