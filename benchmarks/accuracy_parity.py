@@ -25,7 +25,7 @@ SETTINGS = {
     "defaults, batch 8": ("auto", "auto", 8),
     "defaults, batch 32 (lr x2)": ("auto", "auto", 32),
 }
-ARCH = ((4, 4), (4, 8, 8), (8, 8, 16))  # the 0.03 M network of PAPER.md, CBAM everywhere, m = 4
+ARCH = ((4, 4), (4, 8, 8), (8, 8, 16))  # the 0.03 M network of docs/paper.md, CBAM everywhere, m = 4
 #: The target: each setting's mean validation AUC within this of the reference's.
 TOLERANCE = 0.01
 
@@ -42,11 +42,11 @@ def overrides(args: argparse.Namespace) -> list[str]:
 def run_one(setting: str, seed: int, args: argparse.Namespace) -> dict:
     import torch
 
-    from nasopt.config import load_config
+    from nasopt.config.schema import load_config
     from nasopt.data.prepare import load_data
     from nasopt.data.splits import study_sets
     from nasopt.model import Architecture
-    from nasopt.train import fit
+    from nasopt.training.fit import fit
 
     torch.set_num_threads(args.threads)
     cfg = load_config(args.study, overrides(args))
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_one(setting, seed, args)))
         return
 
-    from nasopt.config import load_config
+    from nasopt.config.schema import load_config
     from nasopt.data.prepare import load_data
 
     load_data(load_config(args.study, overrides(args)).data)  # prepare the phantom once, before the jobs start

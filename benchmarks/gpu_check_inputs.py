@@ -10,11 +10,18 @@ from pathlib import Path
 #: The parity part's data: the demo study on 150 phantom scans.
 STUDY, OVERRIDES = "studies/demo.toml", ["data.max_scans=150"]
 #: What the benchmarks import (train_throughput.py, accuracy_parity.py).
-MODULES = ("torch", "nasopt.config", "nasopt.data.prepare", "nasopt.data.splits", "nasopt.model", "nasopt.train")
+MODULES = (
+    "torch",
+    "nasopt.config.schema",
+    "nasopt.data.prepare",
+    "nasopt.data.splits",
+    "nasopt.model",
+    "nasopt.training",
+)
 
 
 def cache() -> Path:
-    from nasopt.config import load_config
+    from nasopt.config.schema import load_config
     from nasopt.data.prepare import cache_path
 
     return cache_path(load_config(STUDY, OVERRIDES).data)

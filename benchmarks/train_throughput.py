@@ -1,4 +1,4 @@
-"""Training throughput of the trainer's own step on the three networks of PAPER.md.
+"""Training throughput of the trainer's own step on the three networks of docs/paper.md.
 
 Each row (configuration) runs in its own warm process, so its peak memory is its own, and the
 timed runs go round-robin across a network's rows, so the machine's slow spells hit every row
@@ -31,7 +31,7 @@ ARCHS = {
     "1.55M [16,32] [32,64] [64,64,128]": ((16, 32), (32, 64), (64, 64, 128)),
     "28.5M [64,64,64] [128,128,256] [256,256,256,512]": ((64, 64, 64), (128, 128, 256), (256, 256, 256, 512)),
 }
-# PAPER.md: the published training code on a 2-core machine of this project's kind, batch 8, fp32
+# docs/paper.md: the published training code on a 2-core machine of this project's kind, batch 8, fp32
 # (a machine with AVX-512/AMX; compare against the same-run paper-style row instead).
 PAPER = {0: "41-54", 1: "36-41", 2: "6.7"}
 
@@ -75,10 +75,10 @@ def serve(arch_idx: int, precision: str, batch: int, seconds: float, device: str
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nasopt.config import TrainSection
-    from nasopt.inference import set_layout
+    from nasopt.config.schema import TrainSection
+    from nasopt.inference.core import set_layout
     from nasopt.model import AngularMarginLoss, Architecture, build_network, count_params
-    from nasopt.train import augment_batch, make_optimizer, train_step, use_bf16
+    from nasopt.training.fit import augment_batch, make_optimizer, train_step, use_bf16
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -220,7 +220,7 @@ def main() -> None:
         serve(*json.loads(args.one), args.seconds, args.device, threads)
         return
 
-    from nasopt.train import bf16_is_fast
+    from nasopt.training.fit import bf16_is_fast
 
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {threads} threads"
@@ -231,7 +231,7 @@ def main() -> None:
     )
     print(
         f"{'network':<50} {'prec':<11} {'batch':>5} {'workers':>7} {'samples/s':>10} {'(min-max)':>14} "
-        f"{'GFLOP/s':>8} {'peak MiB':>9} {'x paper-style':>13} {'PAPER.md':>9}"
+        f"{'GFLOP/s':>8} {'peak MiB':>9} {'x paper-style':>13} {'paper':>9}"
     )
     for a in args.archs:
         rows = []

@@ -30,12 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from optuna.artifacts import FileSystemArtifactStore
 
-    from nasopt.config import load_config
+    from nasopt.config.schema import load_config
     from nasopt.data.prepare import load_data
     from nasopt.data.splits import study_sets
-    from nasopt.objective import Objective
-    from nasopt.sampler import make_sampler
-    from nasopt.study import create_or_load, open_storage
+    from nasopt.search.objective import Objective
+    from nasopt.search.samplers import make_sampler
+    from nasopt.storages.study import create_or_load
+    from nasopt.storages.url import open_storage
 
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

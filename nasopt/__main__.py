@@ -1,5 +1,5 @@
 """`python -m nasopt` runs the command line."""
 
-from nasopt.cli import main
+from nasopt.cli.app import main
 
 main()

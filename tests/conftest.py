@@ -131,7 +131,8 @@ def trials_now(study: str, url: str, states=None) -> list:
     """
     import optuna
 
-    from nasopt.study import StorageError, open_storage
+    from nasopt.errors import StorageError
+    from nasopt.storages.url import open_storage
 
     try:
         storage = open_storage(url, heartbeat=None, create=False)
@@ -178,8 +179,8 @@ def searched_study(tmp_path_factory, cache_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ensemble_file(tmp_path_factory) -> Path:
     """An ensemble file of two untrained networks (trials 3 and 7, weights 2 and 1), no search needed."""
-    from nasopt.checkpoint import CheckpointHeader, Selection
-    from nasopt.ensemble import save_ensemble
+    from nasopt.artifacts.checkpoint import CheckpointHeader, Selection
+    from nasopt.ensemble.module import save_ensemble
     from nasopt.model import Architecture, build_network
 
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 import torch
 
-from nasopt.augment import crop_and_flip, zero_out
-from nasopt.inference import center_crop
+from nasopt.inference.core import center_crop
+from nasopt.training.augment import crop_and_flip, zero_out
 
 
 def _volumes(b=6, s=40):

@@ -6,8 +6,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from nasopt.baselines import RATING_KEYS, RATINGS_REFERENCE, SIZE_BASELINE, fit_predict, missing
 from nasopt.errors import DataError
+from nasopt.evaluation.baselines import RATING_KEYS, RATINGS_REFERENCE, SIZE_BASELINE, fit_predict, missing
 
 
 def nodules(n: int, seed: int) -> tuple[list[dict], np.ndarray]:
@@ -75,7 +75,7 @@ def test_an_unknown_baseline_is_named():
 
 
 def test_without_ratings_evaluation_shows_the_size_baseline_and_says_why_there_is_no_reference():
-    from nasopt.evaluate import fit_baselines
+    from nasopt.evaluation.evaluate import fit_baselines
 
     train, y = nodules(60, 0)
     test, _ = nodules(20, 1)
@@ -89,6 +89,6 @@ def test_without_ratings_evaluation_shows_the_size_baseline_and_says_why_there_i
     prob, threshold = fitted[SIZE_BASELINE]
     np.testing.assert_array_equal(prob, fit_predict(SIZE_BASELINE, train, y, test))
     # The baseline's threshold: Youden's on its own training predictions, never on the test nodules.
-    from nasopt.calibration import choose_threshold
+    from nasopt.ensemble.calibration import choose_threshold
 
     assert threshold == choose_threshold(y, fit_predict(SIZE_BASELINE, train, y, train), "youden")

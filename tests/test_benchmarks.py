@@ -1,4 +1,4 @@
-"""The benchmark scripts run and print what the README quotes (their figures are not tested)."""
+"""The benchmark scripts run and print what docs/performance.md quotes (their figures are not tested)."""
 
 import importlib.util
 import re

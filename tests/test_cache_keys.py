@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasopt.config import DataSection
+from nasopt.config.schema import DataSection
 from nasopt.data.lidc_db import pylidc_version
 from nasopt.data.prepare import cache_path, load_data, prepare, settings_key
 from nasopt.errors import DataError

@@ -7,7 +7,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 from sklearn.metrics import log_loss
 
-from nasopt.calibration import (
+from nasopt.ensemble.calibration import (
     _GivenProbabilities,
     apply_temperature,
     choose_threshold,
@@ -49,8 +49,8 @@ def test_the_calibrated_probability_is_scikit_learns_and_the_ensembles():
     temperature = fit_temperature(labels, prob)
     ours = apply_temperature(prob, temperature)
     assert np.abs(ours - sklearn_prob.predict_proba(prob[:, None])[:, 1]).max() < 1e-12
-    from nasopt.ensemble import Ensemble
-    from nasopt.inference import Member
+    from nasopt.ensemble.module import Ensemble
+    from nasopt.inference.core import Member
     from nasopt.model import Architecture, build_network
 
     ens = Ensemble([Member(build_network(Architecture(((4,), (4,), (4,)), False, (False,) * 3, 1)), (0, 1))], [1.0])

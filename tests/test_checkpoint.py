@@ -10,8 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from nasopt.checkpoint import DIGEST_KEY, HEADER_KEY, CheckpointHeader, load_model, save_model
-from nasopt.ensemble import load_ensemble
+from nasopt.artifacts.checkpoint import DIGEST_KEY, HEADER_KEY, CheckpointHeader, load_model, save_model
+from nasopt.ensemble.module import load_ensemble
 from nasopt.errors import DataError
 from nasopt.model import Architecture, build_network
 

@@ -1,5 +1,6 @@
 """End-to-end: the real `nasopt` command on a phantom subset, in a scratch folder."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -217,23 +218,37 @@ def test_launch_runs_several_workers_on_one_study(tmp_path, cache_dir):
 
 
 def test_launch_reports_a_failing_worker_with_its_status(tmp_path):
-    proc = nasopt(tmp_path, "launch", "--workers", "2", "--study", "x", "--sampler", "nope")
+    proc = nasopt(tmp_path, "launch", "--workers", "2", "--study", "x", "--config", "missing.toml")
     assert proc.returncode == 2
     assert "[w0] exited with status 2" in proc.stderr and "[w1] exited with status 2" in proc.stderr
-    assert "--sampler 'nope'" in proc.stdout
+    assert "missing.toml: no such study file" in proc.stdout
+    # Options every worker would refuse are refused once, by the launcher, before any starts.
+    refused = nasopt(tmp_path, "launch", "--workers", "2", "--study", "x", "--sampler", "nope")
+    assert_user_error(refused, "--sampler 'nope'")
+    assert "[w0]" not in refused.stdout + refused.stderr
 
 
-def test_worker_commands_split_threads_seeds_and_gpus():
-    from nasopt.launch import worker_commands
+def test_worker_commands_split_threads_seeds_and_gpus(monkeypatch):
+    from nasopt.cli.launch import worker_commands
+    from nasopt.search.worker import Budget, WorkerOptions
 
-    cmds = worker_commands(3, ["--study", "s"], cpus=8, gpus=2)
+    opts = WorkerOptions(study="s", overrides=("train.epochs=1", "data.max_scans=60"), budget=Budget(max_trials=4))
+    cmds = worker_commands(3, opts, cpus=8, gpus=2)
     assert [c[c.index("--worker-index") + 1] for c in cmds] == ["0", "1", "2"]
     assert all(c[c.index("--threads") + 1] == "2" for c in cmds)
     assert [c[c.index("--device") + 1] for c in cmds] == ["cuda:0", "cuda:1", "cuda:0"]
-    mine = worker_commands(2, ["--threads", "3", "--device", "cpu"], cpus=8, gpus=2)
-    assert all(c.count("--threads") == 1 and c.count("--device") == 1 for c in mine)
-    joined = worker_commands(2, ["--threads=3", "--device=cpu"], cpus=8, gpus=2)
-    assert not any("--threads" in c or "--device" in c for c in joined)
+    assert all(c[c.index("--max-trials") + 1] == "4" and c.count("--set") == 2 for c in cmds)
+    mine = worker_commands(2, WorkerOptions(threads=3, device="cpu"), cpus=8, gpus=2)
+    assert all(c[c.index("--threads") + 1] == "3" and c[c.index("--device") + 1] == "cpu" for c in mine)
+    # What a worker parses back from its command line is what the launcher was given.
+    from typer.testing import CliRunner
+
+    from nasopt.cli import app as cli
+
+    parsed = []
+    monkeypatch.setattr(cli, "_run_worker", parsed.append)  # the options, not a whole search
+    CliRunner().invoke(cli.app, cmds[1][3:], catch_exceptions=False)
+    assert parsed == [dataclasses.replace(opts, index=1, threads=2, device="cuda:1")]
 
 
 def test_ctrl_c_marks_the_running_trial_failed_and_the_study_resumes(tmp_path, cache_dir):

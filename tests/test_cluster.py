@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from nasopt.worker import over_budget, worker_index
+from nasopt.search.worker import over_budget, worker_index
 from tests.conftest import DEMO, assert_user_error, nasopt, small, trials_now
 
 # After small(): trials of a few seconds, each trained fully (early stopping is tested on its own).
@@ -259,7 +259,7 @@ def test_workers_through_the_grpc_storage_proxy(tmp_path, cache_dir):
     proxy = _popen(tmp_path, "storage-proxy", "--storage", db, "--port", str(port))
     try:
         from nasopt.errors import StorageError
-        from nasopt.study import open_storage
+        from nasopt.storages.url import open_storage
 
         def answers() -> bool:
             try:
@@ -318,7 +318,7 @@ def test_artifact_location_is_recorded_and_found_from_another_folder(tmp_path, c
 
 def test_two_workers_without_a_cache_prepare_it_once(tmp_path):
     from nasopt.atomic import file_lock
-    from nasopt.config import load_config
+    from nasopt.config.schema import load_config
     from nasopt.data.prepare import cache_path
 
     cache = tmp_path / "cache"

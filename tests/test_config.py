@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from nasopt.config import StudyConfig, load_config
-from nasopt.config_doc import keys
+from nasopt.config.docs import keys
+from nasopt.config.schema import StudyConfig, load_config
 from nasopt.data.sources import SOURCES
 from nasopt.errors import ConfigError
 from tests.conftest import assert_user_error, nasopt

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from nasopt.baselines import RATINGS_REFERENCE, SIZE_BASELINE, fit_predict
+from nasopt.artifacts.record import TrialRecord
 from nasopt.data.prepare import load_data
 from nasopt.data.splits import outer_folds
-from nasopt.metrics import METRICS, binary_metrics
-from nasopt.study import load_study, open_storage
-from nasopt.trial_record import TrialRecord
+from nasopt.evaluation.baselines import RATINGS_REFERENCE, SIZE_BASELINE, fit_predict
+from nasopt.evaluation.metrics import METRICS, binary_metrics
+from nasopt.storages.study import load_study
+from nasopt.storages.url import open_storage
 from tests.conftest import assert_user_error, nasopt
 
 
@@ -116,7 +117,7 @@ def test_ensemble_members_are_trained_on_the_other_folds_with_their_trials_setti
     out = tmp_path / "e.safetensors"
     proc = nasopt(tmp_path, "export", "--study", "demo", "--storage", db, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    from nasopt.ensemble import load_ensemble
+    from nasopt.ensemble.module import load_ensemble
 
     header = load_ensemble(out).header
     proc = nasopt(

@@ -1,4 +1,4 @@
-"""nasopt.deploy: the ONNX graph, the TorchScript file and the MONAI bundle decide as the ensemble file.
+"""nasopt.ensemble.deploy: the ONNX graph, the TorchScript file and the MONAI bundle decide as the ensemble file.
 
 Real exports of a two-member ensemble, read back with each destination's own runtime:
 onnxruntime, plain ``torch.jit.load`` in a process that cannot import nasopt, and MONAI's
@@ -26,12 +26,12 @@ import pytest
 import torch
 from torch import nn
 
-from nasopt import deploy
-from nasopt.checkpoint import Calibration, EnsembleHeader, OperatingPoint, build_model, read_checkpoint
+from nasopt.artifacts.checkpoint import Calibration, EnsembleHeader, OperatingPoint, build_model, read_checkpoint
 from nasopt.data.sources import PHANTOM_CAVEAT
-from nasopt.ensemble import load_ensemble, save_ensemble
+from nasopt.ensemble import deploy
+from nasopt.ensemble.module import load_ensemble, save_ensemble
 from nasopt.errors import ConfigError
-from nasopt.inference import center_crop, normalize
+from nasopt.inference.core import center_crop, normalize
 from tests.conftest import blob_set
 
 monai = pytest.importorskip("monai")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from nasopt.fidelity import MOASHA, to_minimize
+from nasopt.search.pruners.moasha import MOASHA, to_minimize
 from tests.conftest import assert_user_error, nasopt, small
 
 MOASHA_SET = ["--set", "train.epochs=4", "--set", 'fidelity.strategy="moasha"']  # rungs at epochs 1 and 3

@@ -13,17 +13,18 @@ from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from nasopt.baselines import RATING_KEYS
-from nasopt.calibration import apply_temperature, choose_threshold, fit_temperature
-from nasopt.config import load_config
+from nasopt.artifacts.record import Key, read_predictions, val_key
+from nasopt.config.schema import load_config
 from nasopt.data.prepare import load_data
 from nasopt.data.splits import outer_folds, study_sets
-from nasopt.ensemble import load_ensemble
-from nasopt.export import export_study
-from nasopt.inference import center_crop
-from nasopt.sampler import make_sampler
-from nasopt.study import create_or_load, load_study, open_storage
-from nasopt.trial_record import Key, read_predictions, val_key
+from nasopt.ensemble.calibration import apply_temperature, choose_threshold, fit_temperature
+from nasopt.ensemble.export import export_study
+from nasopt.ensemble.module import load_ensemble
+from nasopt.evaluation.baselines import RATING_KEYS
+from nasopt.inference.core import center_crop
+from nasopt.search.samplers import make_sampler
+from nasopt.storages.study import create_or_load, load_study
+from nasopt.storages.url import open_storage
 from tests.conftest import assert_user_error, nasopt
 
 
@@ -193,7 +194,7 @@ def test_export_calibrates_and_chooses_its_threshold_on_validation(searched_stud
 
 def test_the_test_fold_fits_nothing(searched_study, tmp_path, monkeypatch):
     """Shuffling the test fold's labels leaves the members, temperature and threshold unchanged."""
-    import nasopt.export
+    import nasopt.ensemble.export
     from nasopt.data.prepare import load_data as real_load_data
 
     url = f"sqlite:///{searched_study}/storage/nasopt.db"
@@ -208,7 +209,7 @@ def test_the_test_fold_fits_nothing(searched_study, tmp_path, monkeypatch):
         assert not np.array_equal(labels, ns.labels)
         return type(ns)(ns.crops, labels, ns.meta, ns.source, ns.params, ns.folds)
 
-    monkeypatch.setattr(nasopt.export, "load_data", shuffled_test_labels)
+    monkeypatch.setattr(nasopt.ensemble.export, "load_data", shuffled_test_labels)
     second = load_ensemble(export_study("demo", url, tmp_path / "b.safetensors").path).header
     assert second.calibration == first.calibration and second.operating_point == first.operating_point
     assert [m.model.trial for m in second.members] == [m.model.trial for m in first.members]

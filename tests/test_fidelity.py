@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from optuna.study import StudyDirection
 
-from nasopt.fidelity import (
+from nasopt.search.pruners.moasha import (
     MOASHA,
     Decision,
     epsilon_net_order,

@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import bootstrap
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, recall_score, roc_auc_score
 
-from nasopt.metrics import (
+from nasopt.evaluation.metrics import (
     METRICS,
     binary_metrics,
     bootstrap_intervals,
@@ -57,7 +57,7 @@ def test_metrics_on_a_hand_counted_case():
 def test_every_stratified_resample_equals_scikit_learn_one_by_one(threshold):
     """The vectorised metrics of each resample equal scikit-learn's (and a written-out ECE)
     computed one resample at a time on the same indices."""
-    from nasopt.metrics import _resampled_metrics
+    from nasopt.evaluation.metrics import _resampled_metrics
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 60)
@@ -98,7 +98,7 @@ def test_binary_metrics_equal_the_counts_written_out():
 
 
 def test_the_stratified_bootstrap_keeps_both_classes_and_never_gives_nan():
-    from nasopt.metrics import _resampled_metrics
+    from nasopt.evaluation.metrics import _resampled_metrics
 
     labels = np.zeros(30, int)
     labels[[4, 17]] = 1  # unstratified, (28/30)**30 = 13% of resamples would lack a malignant nodule
@@ -120,7 +120,7 @@ def test_the_stratified_bootstrap_keeps_both_classes_and_never_gives_nan():
 
 
 def test_a_nan_resample_shows_in_the_interval():
-    from nasopt.metrics import _percentiles
+    from nasopt.evaluation.metrics import _percentiles
 
     assert np.isnan(_percentiles(np.array([0.2, np.nan, 0.4, 0.6]), 0.05)).all()
 
@@ -198,7 +198,7 @@ def test_the_ece_is_biased_upward_under_resampling_and_its_interval_is_left_so()
     """A resample repeats nodules, so its bins hold fewer distinct ones and their gaps grow: the
     resampled ECEs sit above the set's. The percentile interval reports that honestly, and on
     some sets lies wholly above the estimate (seed 6: 14 of 200 seeds at 90 nodules)."""
-    from nasopt.metrics import _resampled_metrics
+    from nasopt.evaluation.metrics import _resampled_metrics
 
     for seed in range(10):
         labels, prob = realistic(seed)
@@ -288,7 +288,7 @@ def test_bootstrap_intervals_are_seeded_and_narrow_on_a_large_set():
 def test_every_bootstrap_resample_matches_scikit_learn():
     # The vectorised resampling must compute exactly binary_metrics' (scikit-learn's) metrics,
     # ties in the probabilities and one-class resamples included.
-    from nasopt.metrics import _resampled_metrics
+    from nasopt.evaluation.metrics import _resampled_metrics
 
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 12)
@@ -303,7 +303,7 @@ def test_every_bootstrap_resample_matches_scikit_learn():
 
 
 def test_reliability_points_are_the_ece_bins_written_out():
-    from nasopt.metrics import expected_calibration_error, reliability_points
+    from nasopt.evaluation.metrics import expected_calibration_error, reliability_points
 
     rng = np.random.default_rng(9)
     labels = rng.integers(0, 2, 80)

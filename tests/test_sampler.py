@@ -5,11 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from nasopt.config import load_config
+from nasopt.config.schema import load_config
 from nasopt.errors import ConfigError
-from nasopt.rdb_storage import CREATION_KEY
-from nasopt.sampler import NSGAII, NSGAIII, make_sampler
-from nasopt.study import open_storage, quiet_experimental
+from nasopt.search.samplers import NSGAII, NSGAIII, make_sampler
+from nasopt.storages.rdb import CREATION_KEY
+from nasopt.storages.url import open_storage, quiet_experimental
 from tests.conftest import DEMO
 
 

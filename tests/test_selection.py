@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, log_loss
 
-from nasopt.calibration import apply_temperature, fit_temperature
-from nasopt.selection import Candidate, greedy, ranked, score, weighted_prob, within_budget
+from nasopt.ensemble.calibration import apply_temperature, fit_temperature
+from nasopt.ensemble.selection import Candidate, greedy, ranked, score, weighted_prob, within_budget
 
 
 def candidates(seed: int, n_trials: int = 12, n_val: int = 60):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from nasopt.worker import Stopped, _SignalGuard
+from nasopt.search.worker import Stopped, _SignalGuard
 
 
 @pytest.fixture(autouse=True)

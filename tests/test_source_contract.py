@@ -1,4 +1,4 @@
-"""One contract, checked on every data source of the table (nasopt/data/sources.py).
+"""One contract, checked on every data source of the table (nasopt/data/sources/__init__.py).
 
 As Optuna runs one storage suite over every backend, these tests run over every registered
 source, each prepared from a small synthetic input (tests/synthetic.py) through ``prepare``,
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nasopt.config import DataSection
+from nasopt.config.schema import DataSection
 from nasopt.data import SOURCES, NoduleSet
 from nasopt.data.prepare import prepare
 from nasopt.errors import DataError

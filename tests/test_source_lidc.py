@@ -16,9 +16,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from nasopt.data.contract import Run
 from nasopt.data.labels import LabelPolicy
-from nasopt.data.lidc import prepare_lidc
-from nasopt.data.sources import Run
+from nasopt.data.sources.lidc import prepare_lidc
 from nasopt.errors import DataError
 from tests.synthetic import BACKGROUND_HU, BALL_HU, ORIGIN_XY, UID_0957, scan, write_lidc_series
 

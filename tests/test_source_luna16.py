@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nasopt.data.luna16 import prepare_luna16
+from nasopt.data.contract import Run
 from nasopt.data.readings import ScanNodules
-from nasopt.data.sources import Run
+from nasopt.data.sources.luna16 import prepare_luna16
 from nasopt.errors import DataError
 from tests.synthetic import BACKGROUND_HU, BALL_THRESHOLD, ORIGIN_XY, UID_0957, scan, write_luna_volume
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasopt.data.nodulemnist3d import prepare_nodulemnist3d
+from nasopt.data.contract import Run
 from nasopt.data.noduleset import NoduleSet
-from nasopt.data.sources import Run
+from nasopt.data.sources.nodulemnist3d import prepare_nodulemnist3d
 from nasopt.errors import DataError
 from tests.synthetic import SIZES, medmnist_arrays, write_npz  # tests/test_cli.py imports them from here
 

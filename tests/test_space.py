@@ -1,9 +1,9 @@
 import optuna
 import pytest
 
-from nasopt.config import SpaceSection
+from nasopt.config.schema import SpaceSection
 from nasopt.model import PAPER_DEFAULT, Architecture
-from nasopt.space import decode, repair_depth, suggest
+from nasopt.search.space import decode, repair_depth, suggest
 
 
 def _genome(space: SpaceSection, blocks, widths, cbam=True, margin=2):

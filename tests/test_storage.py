@@ -19,9 +19,9 @@ from optuna_dashboard import get_note
 from optuna_dashboard import save_note as dashboard_save_note
 from optuna_dashboard._note import get_note_from_system_attrs
 
-from nasopt.rdb_storage import NOTE_PREFIX
-from nasopt.study import lost_creation_race, open_storage
-from nasopt.trial_record import deferred_writes, save_note, set_user_attrs
+from nasopt.storages.rdb import NOTE_PREFIX
+from nasopt.storages.url import lost_creation_race, open_storage, quiet_experimental
+from nasopt.storages.writes import deferred_writes, save_note, set_user_attrs
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -257,8 +257,46 @@ def test_a_creation_whose_reply_was_lost_makes_one_trial_where_optunas_makes_two
     ours = open_storage(url, heartbeat=None)
     study_id = ours.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "lost-reply-ours")
     _lose_the_next_commit_reply(ours)
-    with caplog.at_level("WARNING", logger="nasopt.rdb_storage"):
+    with caplog.at_level("WARNING", logger="nasopt.storages.rdb"):
         trial_id = ours.create_new_trial(study_id)
     assert "storage: _create_new_trial failed" in caplog.text  # the reply really was lost
     (trial,) = ours.get_all_trials(study_id)
     assert (trial._trial_id, trial.state) == (trial_id, optuna.trial.TrialState.RUNNING)
+
+
+def test_heartbeat_enabled_says_what_optunas_stale_trial_check_does(tmp_path):
+    """nasopt.storages reads Optuna's private ``is_heartbeat_enabled``; it must agree with what
+    Optuna's public ``fail_stale_trials`` acts on."""
+    from nasopt.storages.url import heartbeat_enabled
+
+    for heartbeat, expected in ((None, False), (1.0, True)):
+        storage = open_storage(f"sqlite:///{tmp_path}/hb-{expected}.db", heartbeat=heartbeat)
+        study = _study(storage, "hb")
+        assert heartbeat_enabled(storage) is expected
+        trial = study.ask()
+        if expected:  # a trial whose heartbeats stopped is failed by Optuna's own check
+            storage.record_heartbeat(trial._trial_id)
+            time.sleep(storage.grace_period + 1)
+        with quiet_experimental():
+            optuna.storages.fail_stale_trials(study)
+        assert study.trials[0].state == (optuna.trial.TrialState.FAIL if expected else optuna.trial.TrialState.RUNNING)
+
+
+def test_quieted_failures_lose_optunas_traceback_and_nothing_else(tmp_path, caplog):
+    """nasopt.storages filters Optuna's private logger ``optuna.study._optimize``: the logger that
+    a failed trial's traceback really goes to."""
+    from nasopt.storages.url import quiet_trial_failures
+
+    class Expected(Exception):
+        pass
+
+    def objective(trial: optuna.Trial) -> float:
+        raise Expected() if trial.number == 0 else ValueError("unexpected")
+
+    quiet_trial_failures((Expected,))
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/q.db")
+    with caplog.at_level("WARNING", logger="optuna"):
+        study.optimize(objective, n_trials=2, catch=(Expected, ValueError))
+    failed = [r for r in caplog.records if r.exc_info]
+    assert [type(r.exc_info[1]) for r in failed] == [ValueError]  # Expected's traceback is gone
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from nasopt.checkpoint import CheckpointHeader, build_model
-from nasopt.config import TrainSection
-from nasopt.inference import Member, predict_proba, set_layout
+from nasopt.artifacts.checkpoint import CheckpointHeader, build_model
+from nasopt.config.schema import TrainSection
+from nasopt.inference.core import Member, predict_proba, set_layout
 from nasopt.model import Architecture, build_network, count_params
 from nasopt.model.blocks import Conv3d
-from nasopt.train import TrainingDiverged, fit, lr_factor
+from nasopt.training.fit import TrainingDiverged, fit, lr_factor
 from tests.conftest import blob_set
 
 TINY = Architecture(((4,), (8,), (8,)), True, (True, False, True), 2)

@@ -1,6 +1,6 @@
 """Build the tabular benchmark: N architectures from a study's space, each trained to the full budget.
 
-Every row is one real ``nasopt.train.fit`` run on the search split (train folds -> validation
+Every row is one real ``nasopt.training.fit.fit`` run on the search split (train folds -> validation
 fold) of the study's data, recording per-epoch validation accuracy and AUC, parameters, FLOPs
 and seconds. The genome (the trial's params) is kept, so a replay can map its samplers'
 suggestions onto rows. Rows are appended as they finish: an interrupted build resumes.
@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     import optuna
     import torch
 
-    from nasopt.config import load_config
+    from nasopt.config.schema import load_config
     from nasopt.data.prepare import load_data
     from nasopt.data.splits import study_sets
     from nasopt.model import count_flops
-    from nasopt.space import suggest
-    from nasopt.train import fit
+    from nasopt.search.space import suggest
+    from nasopt.training.fit import fit
 
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

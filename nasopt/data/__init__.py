@@ -8,10 +8,11 @@ own module. Importing this package stays cheap (no SimpleITK, SciPy, scikit-lear
 the study file reads the source table at every start of the command line.
 """
 
+from nasopt.data.contract import Input, Run, Source
 from nasopt.data.labels import DEFAULT_POLICY, LabelPolicy
 from nasopt.data.noduleset import CROP_SIZE, NoduleSet
 from nasopt.data.prepare import cache_path, load_data
-from nasopt.data.sources import SOURCES, Input, Run, Source, get_source, register_source
+from nasopt.data.sources import SOURCES, get_source, register_source
 from nasopt.data.splits import StudySets, outer_folds, study_sets
 
 __all__ = [

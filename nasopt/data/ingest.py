@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 from nasopt.data.badinput import BadItem, SkipReport
+from nasopt.data.contract import Run
 from nasopt.data.geometry import crop_at_point, world_point
 from nasopt.data.labels import LabelPolicy
 from nasopt.data.noduleset import NoduleSet
 from nasopt.data.parallel import run_tasks
 from nasopt.data.readings import CONSENSUS_LEVEL, ScanNodules
-from nasopt.data.sources import Run
 from nasopt.errors import DataError
 
 

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasopt.atomic import file_lock, remove_stale_temps
+from nasopt.data.contract import Input, Run, Source
 from nasopt.data.inputs import InputIdentity, identify, short_hash
 from nasopt.data.noduleset import NoduleSet, cached_params
-from nasopt.data.sources import Input, Run, Source, get_source
+from nasopt.data.sources import get_source
 from nasopt.errors import DataError
 
 if TYPE_CHECKING:
-    from nasopt.config import DataSection
+    from nasopt.config.schema import DataSection
 
 
 @dataclass(frozen=True)

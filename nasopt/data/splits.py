@@ -15,7 +15,7 @@ from nasopt.data.noduleset import NoduleSet
 from nasopt.errors import DataError
 
 if TYPE_CHECKING:
-    from nasopt.config import StudyConfig
+    from nasopt.config.schema import StudyConfig
 
 
 def outer_folds(ns: NoduleSet, n_folds: int, seed: int = 0) -> np.ndarray:

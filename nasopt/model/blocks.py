@@ -14,7 +14,7 @@ class Conv3d(nn.Conv3d):
     channels-last kernels win: forward plus backward 1.3-1.75x faster at 1-16 channels on
     16^3-32^3 volumes, where the contiguous weight gradient falls back to im2col + GEMM; on 4^3
     and 8^3 volumes and for stride 2 they are even or slower. Batch norm stays contiguous: at
-    4-16 channels oneDNN's channels-last one is about 5x slower. ``nasopt.train.set_layout``
+    4-16 channels oneDNN's channels-last one is about 5x slower. ``nasopt.training.fit.set_layout``
     sets the flag.
     """
 
@@ -64,7 +64,7 @@ class CBAM(nn.Module):
     As in NAS-Lung's network: reduction 4, no biases, a 3^3 spatial kernel (a 7^3 one costs
     12x the FLOPs of the whole stem at 32^3 and gains nothing measurable here).
     It keeps no state: explanation reads the spatial map with a forward hook on ``spatial``
-    (see ``nasopt.attention``), so any number of networks can be explained in one process.
+    (see ``nasopt.inference.attention``), so any number of networks can be explained in one process.
     """
 
     def __init__(self, channels: int, reduction: int = 4, spatial_kernel: int = 3) -> None:

@@ -1,0 +1,1 @@
+"""What a trial leaves behind: its record's keys and its checkpoint."""

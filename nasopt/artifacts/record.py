@@ -1,0 +1,99 @@
+"""The trial record: every user attribute and artifact a trial carries, named in one place.
+
+The objective writes these keys; the worker's progress lines, the Pareto table and export read
+them. Keep values small: optuna-dashboard loads every trial's attributes into its trial list.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from optuna.trial import FrozenTrial
+
+from nasopt.errors import DataError
+from nasopt.model.architecture import Architecture
+
+
+class Key(StrEnum):
+    """User-attribute keys of a trial. Validation metrics are ``val_<metric>`` (see :func:`val_key`)."""
+
+    ARCH = "arch"  # Architecture.to_dict()
+    ARCH_SUMMARY = "arch_summary"  # Architecture.summary()
+    PARAMS = "params"  # trainable parameters
+    FLOPS = "flops"  # forward FLOPs of one sample (when an objective)
+    CURVE = "curve"  # one record per epoch
+    TRAIN_SECONDS = "train_seconds"
+    SAMPLES_PER_S = "train_samples_per_s"
+    NORM = "norm"  # (mean, std) of the training HU the network was normalised with
+    DEVICE = "device"
+    FAIL_REASON = "fail_reason"  # why a FAIL trial failed ("stopped": SIGTERM, retried)
+    WORKER = "worker"  # {"host", "pid", "index"} of the worker that ran it
+    RUNGS = "rungs"  # {epoch: the study's objective values at that epoch} at each early-stopping rung reached
+    STOPPED_AT = "stopped_at_epoch"  # a PRUNED trial: the rung where the fidelity strategy stopped it
+    STOP_REASON = "stop_reason"  # a PRUNED trial: why it stopped (its rank at that rung)
+    WEIGHTS = "artifact_weights"  # artifact id of the safetensors checkpoint
+    VAL_PREDICTIONS = "artifact_val_predictions"  # artifact id of the validation predictions JSON
+    CURVE_PNG = "artifact_curve_png"  # artifact id of the learning-curve figure
+    ATTENTION_PNG = "artifact_attention_png"  # artifact id of the CBAM attention figure
+
+
+def val_key(metric: str) -> str:
+    """The user attribute of a validation metric (``accuracy`` -> ``val_accuracy``)."""
+    return f"val_{metric}"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What export and the reports need of one complete trial, read from its user attributes."""
+
+    number: int
+    arch: Architecture
+    metrics: dict[str, float]  # validation metrics, without the ``val_`` prefix
+    params: int
+    norm: tuple[float, float]
+    hparams: dict[str, Any]  # the trial's training settings (lr, batch_size)
+    weights_id: str | None
+    predictions_id: str | None
+
+    @classmethod
+    def from_trial(cls, trial: FrozenTrial) -> TrialRecord:
+        a = trial.user_attrs
+        try:
+            return cls(
+                number=trial.number,
+                arch=Architecture.from_dict(a[Key.ARCH]),
+                metrics={k.removeprefix("val_"): float(v) for k, v in a.items() if k.startswith("val_")},
+                params=int(a[Key.PARAMS]),
+                norm=(float(a[Key.NORM][0]), float(a[Key.NORM][1])),
+                hparams={k: trial.params[k] for k in ("lr", "batch_size") if k in trial.params},
+                weights_id=a.get(Key.WEIGHTS),
+                predictions_id=a.get(Key.VAL_PREDICTIONS),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"trial {trial.number}: incomplete nasopt trial record (missing {exc})") from None
+
+
+# The validation-predictions artifact: one JSON object of three equally long lists.
+def predictions_json(nodules: list[str], labels: np.ndarray, prob: np.ndarray) -> str:
+    """Probabilities are written as float32 values exactly, so a reloaded network reproduces them bit for bit."""
+    return json.dumps(
+        {
+            "nodule": list(nodules),
+            "label": np.asarray(labels).astype(int).tolist(),
+            "prob_malignant": np.asarray(prob, dtype=np.float32).astype(float).tolist(),
+        }
+    )
+
+
+def read_predictions(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(nodules, labels, float32 probabilities) of a validation-predictions artifact."""
+    try:
+        d = json.loads(Path(path).read_text())
+        return list(d["nodule"]), np.asarray(d["label"], dtype=np.int64), np.asarray(d["prob_malignant"], np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not a nasopt validation-predictions file ({exc})") from None

@@ -1,0 +1,1 @@
+"""Study files: the schema, and the docs of its keys."""

@@ -1,0 +1,1 @@
+"""From trials to one model: selection, calibration, export and deployment."""

@@ -1,0 +1,1 @@
+"""Scoring a model: metrics, baselines, evaluate and crossval."""

@@ -1,0 +1,1 @@
+"""The architecture search: space, objective, worker, samplers and pruners."""

@@ -1,0 +1,1 @@
+"""Early stopping for multi-objective studies (MO-ASHA)."""

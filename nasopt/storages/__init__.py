@@ -1,0 +1,1 @@
+"""Study storages: opening one by URL, and the resilient RDB storage."""

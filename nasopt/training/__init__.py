@@ -1,0 +1,1 @@
+"""Fitting one network: the training loop and augmentation."""

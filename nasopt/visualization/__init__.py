@@ -1,0 +1,1 @@
+"""What people look at: figures, the study report, the evaluation figures and explanations."""

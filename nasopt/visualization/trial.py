@@ -1,0 +1,64 @@
+"""How one trial is shown: the note optuna-dashboard shows on its page, and the figures uploaded
+beside its weights. The worker hands these to the objective, which does not draw anything itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nasopt.artifacts.checkpoint import CheckpointHeader, build_model
+from nasopt.artifacts.record import Key
+from nasopt.data.noduleset import NoduleSet
+from nasopt.data.sources import PHANTOM_TAG
+from nasopt.inference.attention import example_rows
+from nasopt.inference.core import Member
+from nasopt.model import Architecture
+from nasopt.training.fit import FitResult
+from nasopt.visualization.figures import attention_grid, learning_curve
+
+
+def trial_note(
+    number: int,
+    arch: Architecture,
+    params: int,
+    flops: int,
+    metrics: dict[str, float],
+    seconds: float,
+    samples_per_s: float,
+    device: str,
+    stopped: str | None = None,
+) -> str:
+    """The markdown note optuna-dashboard shows on a trial's page; ``stopped`` says why a trial
+    stopped early (its metrics are then those at the rung where it stopped)."""
+    lines = [f"### Trial {number}", "", "| part | blocks | widths | CBAM |", "|---|---|---|---|"]
+    lines.append(f"| stem | 2 conv | {arch.stem_width} | {'yes' if arch.cbam_stem else 'no'} |")
+    for i, (widths, cbam) in enumerate(zip(arch.stages, arch.cbam_stages), start=1):
+        lines.append(f"| stage {i} | {len(widths)} | {', '.join(map(str, widths))} | {'yes' if cbam else 'no'} |")
+    lines += [
+        "",
+        f"- A-Softmax margin **m = {arch.margin}**; **{params:,}** parameters; **{flops / 1e6:,.1f} MFLOPs** per crop",
+        "- validation: " + ", ".join(f"{k} **{v:.3f}**" for k, v in metrics.items()),
+        f"- trained in {seconds:.1f} s at {samples_per_s:,.0f} samples/s on `{device}`"
+        if stopped is None
+        else f"- **stopped early** after {seconds:.1f} s on `{device}`: {stopped}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def trial_figures(
+    number: int, header: CheckpointHeader, result: FitResult, val: NoduleSet, stem: Path
+) -> dict[Key, Path]:
+    """The learning curve and the attention of 2 benign and 2 malignant validation nodules."""
+    phantom = PHANTOM_TAG if val.source == "phantom" else ""
+    curve = learning_curve(result.curve, f"{stem}-learning-curve.png", f"trial {number}{phantom}")
+    network = build_model(header, result.state_dict)
+    rows = example_rows(
+        Member(network, header.norm),
+        val.crops,
+        val.labels,
+        [m["nodule"] for m in val.meta],
+        header.input_size,
+    )
+    note = "" if network.cbam_modules() else "this network has no CBAM: inputs only"
+    title = f"trial {number}: deepest CBAM's spatial attention, low (blue) to high (red){phantom}"
+    attention = attention_grid(rows, f"{stem}-attention.png", title, note)
+    return {Key.CURVE_PNG: curve, Key.ATTENTION_PNG: attention}
