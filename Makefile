@@ -30,6 +30,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(VENV)/site
 	$(PY) -m pytest -q
 
 # Newest releases that pyproject.toml's ranges allow: re-lock, install them, run the suite.

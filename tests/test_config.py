@@ -107,14 +107,14 @@ def _schema_keys() -> list[str]:
     return [f"{section}.{key}" for section, key, _, _ in keys(StudyConfig())]
 
 
-def test_readme_study_file_table_lists_exactly_the_schema_keys():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Study files\n", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_study_file_table_lists_exactly_the_schema_keys():
+    page = (ROOT / "docs" / "study-files.md").read_text()
+    section = page.split("\n## Study files\n", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", section, flags=re.MULTILINE)
-    fix = "paste the table of `nasopt config show --markdown` into README.md's Study files section"
+    fix = "paste the table of `nasopt config show --markdown` into docs/study-files.md's Study files section"
     assert len(listed) == len(set(listed)), f"keys listed twice; {fix}"
     missing, extra = set(_schema_keys()) - set(listed), set(listed) - set(_schema_keys())
-    assert not missing and not extra, f"README lacks {sorted(missing)} and lists {sorted(extra)}; {fix}"
+    assert not missing and not extra, f"docs/study-files.md lacks {sorted(missing)} and lists {sorted(extra)}; {fix}"
 
 
 def test_config_show_prints_a_study_file_that_loads_back_the_same(tmp_path):
