@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,3 +206,13 @@ def tiny_ensemble_file(tmp_path_factory) -> Path:
         search_patients=[],
         refit=False,
     )
+
+
+@pytest.fixture(params=["UTC", "America/New_York", "Asia/Kolkata"])
+def local_zone(request, monkeypatch) -> str:
+    """The process's local time zone: Optuna 5 stores UTC and hands out local time."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()

@@ -44,7 +44,7 @@ def _search(sampler: optuna.samplers.BaseSampler, url: str) -> tuple[list, list[
 @pytest.mark.parametrize(
     "ours, optunas", [(NSGAII, optuna.samplers.NSGAIISampler), (NSGAIII, optuna.samplers.NSGAIIISampler)]
 )
-def test_the_same_trials_as_optunas_sampler_from_one_read_per_trial(ours, optunas, tmp_path):
+def test_the_same_trials_as_optunas_sampler_from_one_read_per_trial(ours, optunas, tmp_path, local_zone):
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with quiet_experimental():  # NSGA-III is experimental in Optuna
         expected, optuna_reads = _search(optunas(population_size=4, seed=3), f"sqlite:///{tmp_path}/a.db")

@@ -156,16 +156,6 @@ def _as_read(trial: FrozenTrial) -> str:
     return repr({k: sorted(v.items()) if isinstance(v, dict) else v for k, v in vars(trial).items()})
 
 
-@pytest.fixture(params=["UTC", "America/New_York", "Asia/Kolkata"])
-def local_zone(request, monkeypatch) -> str:
-    """The process's local time zone: Optuna 5 stores UTC and hands out local time."""
-    monkeypatch.setenv("TZ", request.param)
-    time.tzset()
-    yield request.param
-    monkeypatch.undo()
-    time.tzset()
-
-
 def test_trials_read_back_exactly_as_optunas_storage_reads_them(url, local_zone):
     storage = open_storage(url, heartbeat=None)
     study = _study(storage, f"reads-{local_zone}")
