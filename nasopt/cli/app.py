@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +23,11 @@ from rich.markup import escape
 from nasopt.config.schema import SAMPLERS, load_config
 from nasopt.data.sources import SOURCES
 from nasopt.errors import NasoptError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from nasopt.search.worker import WorkerOptions
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Architecture search for 3D lung-nodule classifiers."
@@ -182,7 +187,7 @@ def _worker_options(
     sampler: SamplerOpt = None,
     seed: SeedOpt = None,
     threads: ThreadsOpt = None,
-):
+) -> WorkerOptions:
     """The options of one search worker, as ``worker``, ``search`` and ``launch`` all take them."""
     from nasopt.search.worker import Budget, WorkerOptions
 
@@ -196,8 +201,14 @@ def _worker_options(
 def _with_worker_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give ``command`` the worker options of :func:`_worker_options`; it receives them as one
     typed ``opts`` (a ``WorkerOptions``) in place of its ``opts`` parameter."""
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "opts"]
-    shared = list(inspect.signature(_worker_options, eval_str=True).parameters.values())
+
+    def params(fn: Callable[..., object]) -> list[inspect.Parameter]:
+        # Annotations are strings here; evaluated one by one, as Typer needs them, leaving out
+        # ``opts``, whose WorkerOptions is imported only when a worker runs (it imports torch).
+        found = inspect.signature(fn).parameters.values()
+        return [p.replace(annotation=eval(p.annotation, fn.__globals__)) for p in found if p.name != "opts"]
+
+    own, shared = params(command), params(_worker_options)
 
     @functools.wraps(command)
     def run(**kwargs: object) -> None:
@@ -209,7 +220,7 @@ def _with_worker_options(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-def _run_worker(opts):
+def _run_worker(opts: WorkerOptions) -> optuna.Study:
     """The worker loop behind `worker` and `search`; returns the study."""
     cfg = load_config(opts.config, list(opts.overrides))  # before the heavy imports: bad input fails fast
     from nasopt.search.worker import Stopped, run_search, worker_index
@@ -223,7 +234,7 @@ def _run_worker(opts):
 
 @app.command()
 @_with_worker_options
-def worker(opts) -> None:
+def worker(opts: WorkerOptions) -> None:
     """One search worker: join (or create) a study and train trials until its budget is spent.
 
     Run any number, on any hosts, against one --storage. SIGTERM fails the running trial with
@@ -234,7 +245,9 @@ def worker(opts) -> None:
 
 @app.command()
 @_with_worker_options
-def search(opts, front: Annotated[bool, typer.Option(help="Print the Pareto front at the end.")] = True) -> None:
+def search(
+    opts: WorkerOptions, front: Annotated[bool, typer.Option(help="Print the Pareto front at the end.")] = True
+) -> None:
     """Run (or resume) a search in this process and print its Pareto front (`worker`, then `front`)."""
     from nasopt.visualization.report import pareto_table
 
@@ -266,7 +279,9 @@ def storage_proxy(
 
 @app.command()
 @_with_worker_options
-def launch(opts, workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 2) -> None:
+def launch(
+    opts: WorkerOptions, workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 2
+) -> None:
     """Run several workers on this machine against one study, each with these options.
 
     Example: nasopt launch --workers 2 --study demo --config studies/demo.toml --max-trials 12
