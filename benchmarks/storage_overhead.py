@@ -443,7 +443,6 @@ class WorkerJob:
     heartbeat: float
     train_seconds: float = 0.0
     profile: str | None = None
-    optuna_reads: bool = False
 
 
 @dataclass
@@ -491,13 +490,6 @@ def _work(
     from nasopt.storages.writes import deferred_writes, save_note, set_user_attrs
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # stale trials are counted, not logged
-    if job.optuna_reads:  # what the two-statement reader saves: Optuna's own, in this process only
-        from optuna.storages import RDBStorage
-
-        from nasopt.storages.rdb import ResilientRDBStorage
-
-        ResilientRDBStorage._get_trials = RDBStorage._get_trials
-        ResilientRDBStorage.get_trial = RDBStorage.get_trial
     cfg = load_config(STUDY_FILE)
     seed = cfg.study.seed + job.index
     storage = open_storage(job.url, heartbeat=job.heartbeat, read_notes=False)  # as nasopt.search.worker does
@@ -596,7 +588,6 @@ def run_round(url: str, study_name: str, n: int, args: argparse.Namespace, scrat
             args.heartbeat,
             args.train_seconds,
             profile,
-            args.optuna_reads,
         )
         for i in range(n)
     ]
@@ -663,11 +654,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="worker",
         help="worker: user attributes, dashboard note and artifact records; attrs: user attributes only",
     )
-    ap.add_argument(
-        "--optuna-reads",
-        action="store_true",
-        help="workers read trials with Optuna's own RDBStorage reader instead of nasopt's two statements",
-    )
     ap.add_argument("--json", metavar="OUT", help="write the rows and the machine to this JSON file")
     ap.add_argument("--profile", action="store_true", help="profile worker 0's timed trials of each row")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 20 trials, 2 workers, SQLite, 3 timed")
@@ -691,7 +677,6 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"study: {STUDY_FILE.relative_to(ROOT)}, NSGA-II (population {cfg.study.population_size}), "
         f"objectives {', '.join(cfg.study.objectives)}; heartbeat {args.heartbeat:g} s; record: {args.record}; "
-        f"reads: {'Optuna' if args.optuna_reads else 'nasopt'}; "
         + (
             f"{args.train_seconds / 2:g}-{1.5 * args.train_seconds:g} s of simulated training per trial "
             "(not in the figures)"

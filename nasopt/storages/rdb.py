@@ -1,10 +1,10 @@
-"""nasopt's RDB storage: Optuna's, surviving database restarts, with fewer commits and round trips.
+"""nasopt's RDB storage: Optuna's, surviving database restarts, with fewer commits.
 
-Calls that are safe to repeat are retried on transient database errors, and trial creation
-is reconciled (a restart costs a worker a pause). Workers read study system attributes without optuna-dashboard's notes
-(``read_notes=False``). A running trial's writes can be queued and committed as one transaction
-(:meth:`ResilientRDBStorage.deferred`), and a trial's note is one transaction. Trials are read
-with two statements instead of Optuna's seven.
+Calls that are safe to repeat are retried on transient database errors, and trial creation is
+reconciled (a restart costs a worker a pause). Workers read study system attributes without
+optuna-dashboard's notes (``read_notes=False``). A running trial's writes can be queued and
+committed as one transaction (:meth:`ResilientRDBStorage.deferred`), and a trial's note is one
+transaction. Trials are read by Optuna's own reader.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy
@@ -26,7 +26,6 @@ from optuna.distributions import (
     BaseDistribution,
     check_distribution_compatibility,
     distribution_to_json,
-    json_to_distribution,
 )
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
@@ -42,8 +41,6 @@ NOTE_PREFIX = "dashboard:"
 #: terminationGracePeriodSeconds, compose's stop_grace_period, Slurm's default KillWait), so a
 #: worker stopped during an outage still has time to record its trial as stopped.
 RETRY_SECONDS = 20.0
-#: Trial ids listed in one statement at most; past it, some databases refuse the list.
-MAX_LISTED_IDS = 1000
 #: The system attribute that marks a new trial with a one-off token, to find it again after a
 #: creation whose commit landed but whose reply was lost.
 CREATION_KEY = "nasopt:creation"
@@ -107,8 +104,8 @@ class ResilientRDBStorage(RDBStorage):
     by reading the trial back. The rest (creating or deleting a study) fail at once.
 
     With ``read_notes=False`` (workers), study system attributes read back without
-    optuna-dashboard's notes; see :func:`nasopt.storages.study.open_storage`. A running trial's writes
-    can be committed together (:meth:`deferred`), and trials are read by :func:`_read_trials`.
+    optuna-dashboard's notes; see :func:`nasopt.storages.url.open_storage`. A running trial's
+    writes can be committed together (:meth:`deferred`).
     """
 
     def __init__(self, url: str, read_notes: bool = True, **kwargs: Any) -> None:
@@ -128,34 +125,6 @@ class ResilientRDBStorage(RDBStorage):
         if not rows:
             self.get_study_name_from_id(study_id)  # a missing study raises KeyError, as Optuna's does
         return {key: json.loads(value) for key, value in rows}
-
-    def get_trial(self, trial_id: int) -> FrozenTrial:
-        trials = _read_trials(self.engine, _TRIALS.c.trial_id == trial_id)
-        if not trials:
-            raise KeyError(models.NOT_FOUND_MSG)
-        return trials[0]
-
-    def _get_trials(
-        self,
-        study_id: int,
-        states: Container[TrialState] | None,
-        included_trial_ids: set[int],
-        trial_id_greater_than: int,
-    ) -> list[FrozenTrial]:
-        """Optuna's selection of trials (what its cache layer asks for), read by :func:`_read_trials`."""
-        included = {i for i in included_trial_ids if i <= trial_id_greater_than}
-        if len(included) > MAX_LISTED_IDS:  # Optuna's way copes with a list a database refuses
-            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
-        where = _TRIALS.c.study_id == study_id
-        if states is not None:
-            where &= _TRIALS.c.state.in_(list(states))  # type: ignore[call-overload]
-        if trial_id_greater_than > -1:
-            newer = _TRIALS.c.trial_id > trial_id_greater_than
-            where &= sqlalchemy.or_(_TRIALS.c.trial_id.in_(included), newer) if included else newer
-        trials = _read_trials(self.engine, where)
-        if not trials:
-            self.get_study_name_from_id(study_id)  # a missing study raises KeyError, as Optuna's does
-        return trials
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         """Optuna's trial creation, reconciled on retry. Optuna's own creation retries inside
@@ -184,7 +153,9 @@ class ResilientRDBStorage(RDBStorage):
         holding = sqlalchemy.select(attrs.c.trial_id).where(
             attrs.c.key == CREATION_KEY, attrs.c.value_json == json.dumps(token)
         )
-        return next(iter(_read_trials(self.engine, _TRIALS.c.trial_id.in_(holding))), None)
+        with self.engine.connect() as conn:
+            trial_id = conn.execute(holding).scalar()
+        return None if trial_id is None else RDBStorage.get_trial(self, trial_id)  # not retried: inside a retry
 
     @contextmanager
     def deferred(self, trial_id: int) -> Iterator[None]:
@@ -231,7 +202,7 @@ class ResilientRDBStorage(RDBStorage):
 
     def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
         """Several user attributes of a running trial in one transaction (Optuna commits each
-        alone); see :func:`nasopt.artifacts.record.set_user_attrs`."""
+        alone); see :func:`nasopt.storages.writes.set_user_attrs`."""
         queue = self._queued.get(trial_id)
         if queue is not None:
             queue.user.update(attrs)
@@ -241,7 +212,7 @@ class ResilientRDBStorage(RDBStorage):
     def save_trial_note(self, study_id: int, trial_id: int, body: str) -> None:
         """optuna-dashboard's note of a trial, as its ``save_note`` stores it (a version and the
         body in parts, as study system attributes), in one transaction that reads only this note's
-        keys; see :func:`nasopt.artifacts.record.save_note`."""
+        keys; see :func:`nasopt.storages.writes.save_note`."""
         table = models.StudySystemAttributeModel.__table__
         version_key = note_ver_key(trial_id)
         mine = sqlalchemy.and_(
@@ -317,7 +288,7 @@ def _state_landed(
     (RUNNING) that shows running is taken as this worker's: at worst two workers train one
     queued trial and the later report is refused, where the other answer would leave a trial
     running that nobody runs."""
-    (trial,) = _read_trials(storage.engine, _TRIALS.c.trial_id == trial_id)
+    trial = RDBStorage.get_trial(storage, trial_id)  # not retried: inside a retry
     return True if trial.state == state and (values is None or trial.values == list(values)) else None
 
 
@@ -346,98 +317,3 @@ _RETRIED: dict[str, Callable[..., Any] | None] = {
 } | {"set_trial_state_values": _state_landed, "_set_trial_param": _param_landed}  # fmt: skip
 for _name, _landed in _RETRIED.items():
     setattr(ResilientRDBStorage, _name, _retried(getattr(ResilientRDBStorage, _name), _landed))
-
-
-_TRIALS = models.TrialModel.__table__
-
-
-def _children(chosen: list[int] | sqlalchemy.Select) -> sqlalchemy.Subquery:
-    """The chosen trials' parameters, values, attributes and intermediate values as rows of one
-    shape: (kind, trial_id, order, name, number, text). Each table is filtered on its own: a
-    database may not push a filter on the union down into it (PostgreSQL scanned all five)."""
-    params, values = models.TrialParamModel.__table__, models.TrialValueModel.__table__
-    users, systems = models.TrialUserAttributeModel.__table__, models.TrialSystemAttributeModel.__table__
-    steps = models.TrialIntermediateValueModel.__table__
-    text, real, none = sqlalchemy.String, sqlalchemy.Float, sqlalchemy.null()
-    rows = [
-        (0, params, params.c.param_id, params.c.param_name, params.c.param_value, params.c.distribution_json),
-        (1, values, values.c.objective, sqlalchemy.cast(none, text), values.c.value,
-         sqlalchemy.cast(values.c.value_type, text)),
-        (2, users, users.c.trial_user_attribute_id, users.c.key, sqlalchemy.cast(none, real), users.c.value_json),
-        (3, systems, systems.c.trial_system_attribute_id, systems.c.key, sqlalchemy.cast(none, real),
-         systems.c.value_json),
-        (4, steps, steps.c.step, sqlalchemy.cast(none, text), steps.c.intermediate_value,
-         sqlalchemy.cast(steps.c.intermediate_value_type, text)),
-    ]  # fmt: skip
-    return sqlalchemy.union_all(
-        *(
-            sqlalchemy.select(sqlalchemy.literal(kind), table.c.trial_id, *columns).where(table.c.trial_id.in_(chosen))
-            for kind, table, *columns in rows
-        )
-    ).subquery()
-
-
-def _read_trials(engine: sqlalchemy.Engine, where: sqlalchemy.ColumnElement[bool]) -> list[FrozenTrial]:
-    """The trials matching ``where``, as Optuna builds them, in two statements: the trials, then
-    everything they hold (Optuna's ORM reads the trial, then each of five tables alone)."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sqlalchemy.select(
-                _TRIALS.c.trial_id, _TRIALS.c.number, _TRIALS.c.state, _TRIALS.c.datetime_start,
-                _TRIALS.c.datetime_complete,
-            ).where(where).order_by(_TRIALS.c.trial_id)
-        ).all()  # fmt: skip
-        if not rows:
-            return []
-        # The trials' ids, as Optuna's ORM names them: with a subquery PostgreSQL chose to scan
-        # whole tables. Past MAX_LISTED_IDS a scan is right anyway, and the list too long.
-        ids = [row.trial_id for row in rows]
-        listed = len(ids) <= MAX_LISTED_IDS
-        children = _children(ids if listed else sqlalchemy.select(_TRIALS.c.trial_id).where(where))
-        parts = conn.execute(sqlalchemy.select(children).order_by(*children.c[:3])).all()
-    held: dict[int, _Held] = {row.trial_id: _Held() for row in rows}
-    for k, tid, key, name, number, text in parts:
-        if (h := held.get(tid)) is not None:  # a trial added between the two statements is left out
-            h.add(k, key, name, number, text)
-    return [
-        FrozenTrial(
-            number=row.number, state=row.state, value=None, values=h.values or None,
-            datetime_start=_local(row.datetime_start), datetime_complete=_local(row.datetime_complete),
-            params={n: d.to_external_repr(v) for n, (v, d) in h.params.items()},
-            distributions={n: d for n, (_, d) in h.params.items()},
-            user_attrs=h.user, system_attrs=h.system, intermediate_values=h.steps, trial_id=row.trial_id,
-        )
-        for row in rows
-        for h in (held[row.trial_id],)
-    ]  # fmt: skip
-
-
-def _local(utc: datetime | None) -> datetime | None:
-    """A stored time as Optuna 5 hands it out: the column holds naive UTC, a trial naive local
-    time (``TrialModel.datetime_start``). The tests hold this to Optuna's reader outside UTC."""
-    return None if utc is None else utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
-
-
-@dataclass
-class _Held:
-    """One trial's rows from :func:`_children`, decoded as Optuna decodes them."""
-
-    params: dict[str, tuple[float, BaseDistribution]] = field(default_factory=dict)
-    values: list[float] = field(default_factory=list)
-    user: dict[str, Any] = field(default_factory=dict)
-    system: dict[str, Any] = field(default_factory=dict)
-    steps: dict[int, float] = field(default_factory=dict)
-
-    def add(self, kind: int, order: int, name: str | None, number: float | None, text: str | None) -> None:
-        if kind == 0:
-            self.params[name] = (number, json_to_distribution(text))  # type: ignore[index]
-        elif kind == 1:  # ordered by objective
-            value_type = models.TrialValueModel.TrialValueType[text]  # type: ignore[misc]
-            self.values.append(models.TrialValueModel.stored_repr_to_value(number, value_type))
-        elif kind == 2:
-            self.user[name] = json.loads(text)  # type: ignore[arg-type,index]
-        elif kind == 3:
-            self.system[name] = json.loads(text)  # type: ignore[arg-type,index]
-        else:
-            step_type = models.TrialIntermediateValueModel.TrialIntermediateValueType[text]  # type: ignore[misc]
-            self.steps[order] = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(number, step_type)
