@@ -40,6 +40,7 @@ class Key(StrEnum):
     VAL_PREDICTIONS = "artifact_val_predictions"  # artifact id of the validation predictions JSON
     CURVE_PNG = "artifact_curve_png"  # artifact id of the learning-curve figure
     ATTENTION_PNG = "artifact_attention_png"  # artifact id of the CBAM attention figure
+    WARM_START = "warm_start"  # the name of the known network a queued trial was enqueued as
 
 
 def val_key(metric: str) -> str:

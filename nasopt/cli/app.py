@@ -256,6 +256,34 @@ def search(
         console.print(pareto_table(result))
 
 
+@app.command()
+def enqueue(
+    file: Annotated[Path, typer.Option("--file", help="[[network]] tables, e.g. studies/known-networks.toml.")],
+    study: Annotated[str, typer.Option(help="Study name (created from --config when it does not exist).")] = "nasopt",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+) -> None:
+    """Queue known networks in a study (Optuna's enqueue_trial): workers train them first.
+
+    A network the study's [space] cannot hold is refused in one line naming its slot, and then
+    nothing is queued. A network already queued or run is not queued again.
+    """
+    cfg = load_config(config, list(set_ or []))
+    import optuna
+
+    from nasopt.search.warmstart import enqueue as put
+    from nasopt.search.warmstart import read_networks
+    from nasopt.storages.study import create_or_load
+    from nasopt.storages.url import open_storage
+
+    networks = read_networks(file, cfg.space)  # every network checked before the study is touched
+    opened = create_or_load(study, cfg, open_storage(storage), optuna.samplers.RandomSampler(), storage)
+    added = put(opened, networks)
+    kept = len(networks) - added
+    console.print(f"study {study!r}: queued {added} of {len(networks)} networks ({kept} already queued or run)")
+
+
 @app.command("storage-proxy")
 def storage_proxy(
     storage: StorageOpt = None,

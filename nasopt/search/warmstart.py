@@ -1,0 +1,102 @@
+"""Warm starts: known architectures put into a study's queue with Optuna's ``enqueue_trial``.
+
+Each network becomes the genes that :func:`nasopt.search.space.decode` turns back into exactly
+that network. One the study's space cannot hold is refused in one line naming its slot, never
+repaired into another network. Unused width slots are left out, so the sampler fills them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from nasopt.artifacts.record import Key
+from nasopt.config.schema import SpaceSection
+from nasopt.errors import ConfigError
+from nasopt.model.architecture import Architecture
+
+
+def genes(arch: Architecture, space: SpaceSection, lr: float | None = None, batch: int | None = None) -> dict:
+    """The trial parameters that decode to ``arch`` in ``space``; a ConfigError names the first
+    slot outside the space (``stages[s][b]``, ``cbam_stages[s]``, ``margin``, ...)."""
+    lo, hi = space.blocks_per_stage
+
+    def outside(slot: str, value: Any, key: str, allowed: Any) -> ConfigError:
+        return ConfigError(f"{slot} = {value} is outside space.{key} {allowed}")
+
+    if len(arch.stages) != space.stages:
+        raise outside("the number of stages", len(arch.stages), "stages", space.stages)
+    if arch.stem_width != space.stem_width:
+        raise outside("stem_width", arch.stem_width, "stem_width", space.stem_width)
+    if not space.total_depth[0] <= sum(map(len, arch.stages)) <= space.total_depth[1]:
+        raise outside("the total depth", sum(map(len, arch.stages)), "total_depth", list(space.total_depth))
+    params: dict[str, Any] = {}
+    previous = 0
+    for s, widths in enumerate(arch.stages):
+        if not lo <= len(widths) <= hi:
+            raise outside(f"the blocks of stages[{s}]", len(widths), "blocks_per_stage", [lo, hi])
+        params[f"blocks_{s}"] = len(widths)
+        for b, width in enumerate(widths):
+            if width not in space.widths:
+                raise outside(f"stages[{s}][{b}]", width, "widths", space.widths)
+            if width < previous:  # decode sorts widths: this network would come back as another
+                raise ConfigError(f"stages[{s}][{b}] = {width} is narrower than the block before ({previous})")
+            params[f"width_{s}_{b}"] = previous = width
+        if arch.cbam_stages[s] not in space.cbam:
+            raise outside(f"cbam_stages[{s}]", arch.cbam_stages[s], "cbam", space.cbam)
+        params[f"cbam_{s}"] = arch.cbam_stages[s]
+    if arch.cbam_stem not in space.cbam:
+        raise outside("cbam_stem", arch.cbam_stem, "cbam", space.cbam)
+    if arch.margin not in space.margins:
+        raise outside("margin", arch.margin, "margins", space.margins)
+    params |= {"cbam_stem": arch.cbam_stem, "margin": arch.margin}
+    if lr is not None:
+        if not space.lr[0] <= lr <= space.lr[1]:
+            raise outside("lr", lr, "lr", list(space.lr))
+        params["lr"] = lr
+    if batch is not None:
+        if batch not in space.batch_sizes:
+            raise outside("batch_size", batch, "batch_sizes", space.batch_sizes)
+        params["batch_size"] = batch
+    return params
+
+
+def read_networks(path: str | Path, space: SpaceSection) -> dict[str, dict[str, Any]]:
+    """``[[network]]`` tables of ``path`` (``name``, ``stages``, ``cbam_stem``, ``cbam_stages``,
+    ``margin``; ``lr`` and ``batch_size`` optional), as genes by name. Every network is checked
+    before any is returned, so a bad file enqueues nothing."""
+    path = Path(path)
+    try:
+        tables = tomllib.loads(path.read_text()).get("network", [])
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; see studies/known-networks.toml") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if not tables:
+        raise ConfigError(f"{path}: no [[network]] tables; see studies/known-networks.toml")
+    found: dict[str, dict[str, Any]] = {}
+    for i, table in enumerate(tables):
+        name = str(table.get("name", f"network {i}"))
+        where = f"{path}: network {name!r}"
+        try:
+            arch = Architecture.from_dict({"stem_width": space.stem_width, **table})
+            found[name] = genes(arch, space, table.get("lr"), table.get("batch_size"))
+        except KeyError as exc:
+            raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}; widen the study's space or drop this network") from None
+    return found
+
+
+def enqueue(study: optuna.Study, networks: dict[str, dict[str, Any]]) -> int:
+    """Queue each network once (one already waiting or run with the same genes is skipped);
+    returns how many were added. Each carries its name as the ``warm_start`` user attribute."""
+    before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    for name, params in networks.items():
+        study.enqueue_trial(params, user_attrs={Key.WARM_START: name}, skip_if_exists=True)
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))) - before

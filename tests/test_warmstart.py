@@ -1,0 +1,94 @@
+"""Warm starts: known networks queued with Optuna's enqueue_trial come back as exactly those
+networks, a network outside the space is refused in one line, and with 4 workers each queued
+network is trained exactly once."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nasopt.config.schema import load_config
+from nasopt.errors import ConfigError
+from nasopt.model.architecture import Architecture
+from nasopt.search.space import decode
+from nasopt.search.warmstart import genes, read_networks
+from tests.conftest import DEMO, assert_user_error, nasopt, small
+
+ROOT = Path(__file__).resolve().parents[1]
+KNOWN = ROOT / "studies" / "known-networks.toml"
+WIDE = ["space.widths=[4, 8, 16, 32, 64, 128, 256, 512]", "space.total_depth=[3, 10]"]
+
+
+def _known() -> dict[str, Architecture]:
+    tables = tomllib.loads(KNOWN.read_text())["network"]
+    return {t["name"]: Architecture.from_dict({**t, "stem_width": 4}) for t in tables}
+
+
+def test_every_known_network_decodes_back_to_itself_in_a_space_wide_enough():
+    space = load_config(ROOT / "studies" / "naslung.toml", WIDE).space
+    networks = read_networks(KNOWN, space)
+    assert list(networks) == list(_known())
+    for name, arch in _known().items():
+        params = networks[name]
+        # Unused width slots are left to the sampler: fill them with anything, decode ignores them.
+        filled = {f"width_{s}_{b}": space.widths[-1] for s in range(space.stages) for b in range(4)} | params
+        assert decode(filled, space) == arch, name
+
+
+@pytest.mark.parametrize(
+    "change, slot",
+    [
+        ({"stages": ((4, 4), (4, 8, 8), (8, 8, 48))}, "stages[2][2] = 48 is outside space.widths"),
+        ({"stages": ((4, 8), (4, 8, 8), (8, 8, 16))}, "stages[1][0] = 4 is narrower than the block before (8)"),
+        ({"stages": ((4, 4, 4), (8, 8, 8), (8, 8, 16, 16))}, "the total depth = 10 is outside space.total_depth"),
+        ({"stages": ((4, 4, 4, 4, 4), (8,), (8,))}, "the blocks of stages[0] = 5 is outside"),
+        ({"margin": 5}, "margin = 5 is outside space.margins"),
+    ],
+)
+def test_a_network_outside_the_space_is_refused_naming_its_slot(change, slot):
+    space = load_config(DEMO).space
+    arch = Architecture(((4, 4), (4, 8, 8), (8, 8, 16)), True, (True, True, True), 4)
+    changed = Architecture(**{**vars(arch), **change})
+    with pytest.raises(ConfigError, match=re.escape(slot)):
+        genes(changed, space)
+
+
+def test_enqueue_refuses_a_file_with_one_bad_network_and_queues_nothing(tmp_path, cache_dir):
+    url = f"sqlite:///{tmp_path}/s.db"
+    args = ["enqueue", "--study", "w", "--storage", url, "--file", str(KNOWN), *small(cache_dir)[:-2]]
+    refused = nasopt(tmp_path, *args)
+    assert_user_error(refused, "network 'NAS-Lung published default': the total depth = 10")
+    assert not (tmp_path / "s.db").exists() or not optuna.get_all_study_names(url)
+
+
+def test_queued_networks_train_exactly_once_with_four_workers(tmp_path, cache_dir):
+    fits = tmp_path / "fits.toml"
+    fits.write_text(
+        '[[network]]\nname = "0.03 M"\nstages = [[4, 4], [4, 8, 8], [8, 8, 16]]\ncbam_stem = true\n'
+        "cbam_stages = [true, true, true]\nmargin = 4\n\n"
+        '[[network]]\nname = "narrow"\nstages = [[4], [8], [8, 16]]\ncbam_stem = false\n'
+        "cbam_stages = [false, true, false]\nmargin = 1\nlr = 1e-3\nbatch_size = 8\n"
+    )
+    url = f"sqlite:///{tmp_path}/s.db"
+    common = ["--study", "w", "--storage", url, *small(cache_dir)[:-2], "--set", 'fidelity.strategy="none"']
+    queued = nasopt(tmp_path, "enqueue", "--file", str(fits), *common)
+    assert queued.returncode == 0, queued.stdout + queued.stderr
+    assert "queued 2 of 2 networks" in queued.stdout
+    again = nasopt(tmp_path, "enqueue", "--file", str(fits), *common)
+    assert "queued 0 of 2 networks (2 already queued or run)" in again.stdout
+    run = nasopt(tmp_path, "launch", "--workers", "4", "--max-trials", "4", *common)
+    assert run.returncode == 0, run.stdout + run.stderr
+    trials = optuna.load_study(study_name="w", storage=url).get_trials()
+    warm = sorted(t.user_attrs["warm_start"] for t in trials if "warm_start" in t.user_attrs)
+    assert warm == ["0.03 M", "narrow"]  # each queued network ran once
+    assert {t.state for t in trials if "warm_start" in t.user_attrs} == {TrialState.COMPLETE}
+    narrow = next(t for t in trials if t.user_attrs.get("warm_start") == "narrow")
+    assert Architecture.from_dict(narrow.user_attrs["arch"]) == Architecture(((4,), (8,), (8, 16)), False,
+                                                                            (False, True, False), 1)  # fmt: skip
+    assert (narrow.params["lr"], narrow.params["batch_size"]) == (1e-3, 8)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
