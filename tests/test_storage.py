@@ -5,6 +5,7 @@ and trials read back exactly as Optuna's own storage reads them."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import optuna
 import pytest
@@ -18,7 +19,7 @@ from optuna_dashboard import get_note
 from optuna_dashboard import save_note as dashboard_save_note
 from optuna_dashboard._note import get_note_from_system_attrs
 
-from nasopt.storages.rdb import NOTE_PREFIX, ResilientRDBStorage
+from nasopt.storages.rdb import CLAIM_KEY, NOTE_PREFIX, ResilientRDBStorage
 from nasopt.storages.url import lost_creation_race, open_storage, quiet_experimental
 from nasopt.storages.writes import deferred_writes, save_note, set_user_attrs
 
@@ -278,3 +279,34 @@ def test_a_state_change_or_parameter_whose_reply_was_lost_is_found_landed_where_
                     getattr(storage, method)(*args)
         trial = RDBStorage.get_trial(storage, trial_id)
         assert (trial.params, trial.state, trial.values) == ({"x": 0.25}, optuna.trial.TrialState.COMPLETE, [0.5])
+
+
+def _waiting_trial(storage, name: str) -> int:
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
+    queued = FrozenTrial(
+        number=-1, state=optuna.trial.TrialState.WAITING, value=None, values=None, datetime_start=None,
+        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+        intermediate_values={}, trial_id=-1,
+    )  # fmt: skip
+    return storage.create_new_trial(study_id, template_trial=queued)
+
+
+def test_a_queued_trial_is_claimed_by_exactly_one_worker_even_when_the_reply_is_lost(url, local_zone):
+    plain = RDBStorage(url)
+    trial_id = _waiting_trial(plain, f"claim-optuna-{local_zone}")
+    _lose_the_next_commit_reply(plain)
+    with pytest.raises(optuna.exceptions.StorageInternalError):  # Optuna's claim: the worker cannot tell
+        plain.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)
+
+    ours, other = open_storage(url, heartbeat=None), open_storage(url, heartbeat=None)
+    trial_id = _waiting_trial(ours, f"claim-ours-{local_zone}")
+    _lose_the_next_commit_reply(ours)
+    assert ours.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)  # found by its token
+    assert not other.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)  # taken
+    claimed = RDBStorage.get_trial(ours, trial_id)
+    assert claimed.state == optuna.trial.TrialState.RUNNING and CLAIM_KEY in claimed.system_attrs
+    started = claimed.datetime_start  # as Optuna hands it out: local wall-clock time
+    assert abs((datetime.now() - started).total_seconds()) < 600
+    ours.set_trial_state_values(trial_id, optuna.trial.TrialState.COMPLETE, [1.0])
+    with pytest.raises(UpdateFinishedTrialError):  # as Optuna's claim of a finished trial
+        other.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy
@@ -27,7 +27,7 @@ from optuna.distributions import (
     check_distribution_compatibility,
     distribution_to_json,
 )
-from optuna.exceptions import StorageInternalError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
@@ -44,8 +44,12 @@ RETRY_SECONDS = 20.0
 #: The system attribute that marks a new trial with a one-off token, to find it again after a
 #: creation whose commit landed but whose reply was lost.
 CREATION_KEY = "nasopt:creation"
+#: The system attribute that marks which worker's claim made a queued trial RUNNING.
+CLAIM_KEY = "nasopt:claim"
 
 log = logging.getLogger(__name__)
+_TRIALS = models.TrialModel.__table__
+_SYSTEM_ATTRS = models.TrialSystemAttributeModel.__table__
 
 
 def _transient(exc: BaseException) -> bool:
@@ -146,6 +150,46 @@ class ResilientRDBStorage(RDBStorage):
                     made._trial_id = trial.trial_id
                 return made
         raise AssertionError("unreachable: tenacity returns or raises")
+
+    _set_state = RDBStorage.set_trial_state_values  # retried below, reconciled by _state_landed
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        """Optuna's, but a claim of a queued trial (WAITING to RUNNING) is one conditional UPDATE
+        plus a one-off claim token, so that exactly one worker wins it. Optuna's reads the state
+        and then writes it, and on SQLite, whose driver starts the transaction only at the write,
+        two workers both read WAITING and both trained the trial. A claim whose reply was lost is
+        reconciled by its token: this worker's claim, another's, or none yet."""
+        if state != TrialState.RUNNING:
+            return self._set_state(trial_id, state, values)
+        token = uuid.uuid4().hex
+        for attempt in _retrying("claim"):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1 and (owner := self._claimed_by(trial_id)) is not None:
+                    return owner == token
+                started = datetime.now(UTC).replace(tzinfo=None)  # the column holds naive UTC, as Optuna's
+                with self.engine.begin() as conn:
+                    won = conn.execute(
+                        sqlalchemy.update(_TRIALS)
+                        .where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state == TrialState.WAITING)
+                        .values(state=TrialState.RUNNING, datetime_start=started)
+                    ).rowcount == 1  # fmt: skip
+                    if won:
+                        conn.execute(sqlalchemy.insert(_SYSTEM_ATTRS).values(
+                            trial_id=trial_id, key=CLAIM_KEY, value_json=json.dumps(token)
+                        ))  # fmt: skip
+                if not won and RDBStorage.get_trial(self, trial_id).state.is_finished():
+                    raise UpdateFinishedTrialError(f"trial {trial_id} is already finished")  # as Optuna's claim
+                return won
+        raise AssertionError("unreachable: tenacity returns or raises")
+
+    def _claimed_by(self, trial_id: int) -> str | None:
+        """The token of the claim that made trial ``trial_id`` RUNNING, if any landed."""
+        query = sqlalchemy.select(_SYSTEM_ATTRS.c.value_json).where(
+            _SYSTEM_ATTRS.c.trial_id == trial_id, _SYSTEM_ATTRS.c.key == CLAIM_KEY
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        return None if found is None else json.loads(found)
 
     def _made_with(self, token: str) -> FrozenTrial | None:
         """The trial a failed creation made after all, found by its token; ``None`` if none."""
@@ -284,10 +328,7 @@ def _running_template() -> FrozenTrial:
 def _state_landed(
     storage: ResilientRDBStorage, trial_id: int, state: TrialState, values: Sequence[float] | None = None
 ) -> bool | None:
-    """Whether a failed state change is in the database after all. A claim of a queued trial
-    (RUNNING) that shows running is taken as this worker's: at worst two workers train one
-    queued trial and the later report is refused, where the other answer would leave a trial
-    running that nobody runs."""
+    """Whether a failed state change (to a finished state) is in the database after all."""
     trial = RDBStorage.get_trial(storage, trial_id)  # not retried: inside a retry
     return True if trial.state == state and (values is None or trial.values == list(values)) else None
 
@@ -314,6 +355,6 @@ _RETRIED: dict[str, Callable[..., Any] | None] = {
         "set_study_user_attr", "set_study_system_attr", "set_trial_user_attr", "set_trial_system_attr",
         "set_trial_intermediate_value", "save_trial_note", "_write",
     )
-} | {"set_trial_state_values": _state_landed, "_set_trial_param": _param_landed}  # fmt: skip
+} | {"_set_state": _state_landed, "_set_trial_param": _param_landed}  # fmt: skip
 for _name, _landed in _RETRIED.items():
     setattr(ResilientRDBStorage, _name, _retried(getattr(ResilientRDBStorage, _name), _landed))
