@@ -92,3 +92,16 @@ def test_queued_networks_train_exactly_once_with_four_workers(tmp_path, cache_di
                                                                             (False, True, False), 1)  # fmt: skip
     assert (narrow.params["lr"], narrow.params["batch_size"]) == (1e-3, 8)
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    # Another study starts from this one's front: the same networks, with their trials' settings.
+    seeded = nasopt(tmp_path, "enqueue", "--from-study", "w", "--front", "--study", "w2", *common[2:])
+    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    front = optuna.load_study(study_name="w", storage=url).best_trials
+    waiting = optuna.load_study(study_name="w2", storage=url).get_trials(states=(TrialState.WAITING,))
+    assert f"queued {len(front)} of {len(front)} networks" in seeded.stdout
+    space = load_config(DEMO).space
+    for t in front:
+        (mine,) = [w for w in waiting if w.user_attrs["warm_start"] == f"w trial {t.number}"]
+        fixed = mine.system_attrs["fixed_params"]
+        filled = {f"width_{s}_{b}": 4 for s in range(space.stages) for b in range(4)} | fixed
+        assert decode(filled, space) == Architecture.from_dict(t.user_attrs["arch"])
+        assert (fixed["lr"], fixed["batch_size"]) == (t.params["lr"], t.params["batch_size"])

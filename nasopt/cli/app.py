@@ -258,8 +258,14 @@ def search(
 
 @app.command()
 def enqueue(
-    file: Annotated[Path, typer.Option("--file", help="[[network]] tables, e.g. studies/known-networks.toml.")],
     study: Annotated[str, typer.Option(help="Study name (created from --config when it does not exist).")] = "nasopt",
+    file: Annotated[
+        Path | None, typer.Option("--file", help="[[network]] tables, e.g. studies/known-networks.toml.")
+    ] = None,
+    from_study: Annotated[
+        str | None, typer.Option(help="Another study in the same storage: its complete trials' networks.")
+    ] = None,
+    front: Annotated[bool, typer.Option(help="With --from-study: its Pareto front only.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     storage: StorageOpt = None,
@@ -269,15 +275,23 @@ def enqueue(
     A network the study's [space] cannot hold is refused in one line naming its slot, and then
     nothing is queued. A network already queued or run is not queued again.
     """
+    if (file is None) == (from_study is None):
+        raise NasoptError("enqueue: give exactly one of --file FILE or --from-study NAME")
     cfg = load_config(config, list(set_ or []))
     import optuna
 
     from nasopt.search.warmstart import enqueue as put
+    from nasopt.search.warmstart import from_study as networks_of
     from nasopt.search.warmstart import read_networks
-    from nasopt.storages.study import create_or_load
+    from nasopt.storages.study import create_or_load, load_study
     from nasopt.storages.url import open_storage
 
-    networks = read_networks(file, cfg.space)  # every network checked before the study is touched
+    # Every network is checked before the study is touched.
+    if file is not None:
+        networks = read_networks(file, cfg.space)
+    else:
+        networks = networks_of(load_study(from_study, open_storage(storage, heartbeat=None, create=False))[0],
+                               cfg.space, front)  # fmt: skip
     opened = create_or_load(study, cfg, open_storage(storage), optuna.samplers.RandomSampler(), storage)
     added = put(opened, networks)
     kept = len(networks) - added

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from nasopt.artifacts.record import Key
 from nasopt.config.schema import SpaceSection
@@ -90,6 +91,25 @@ def read_networks(path: str | Path, space: SpaceSection) -> dict[str, dict[str, 
             raise ConfigError(f"{where}: {exc}") from None
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}; widen the study's space or drop this network") from None
+    return found
+
+
+def from_study(other: optuna.Study, space: SpaceSection, front: bool = False) -> dict[str, dict[str, Any]]:
+    """The complete trials of study ``other`` (its Pareto front with ``front``), as genes by
+    name, each with its trial's lr and batch size; checked as :func:`read_networks` checks."""
+    trials = other.best_trials if front else other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not trials:
+        raise ConfigError(f"--from-study {other.study_name}: no complete trial to start from")
+    found: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        name = f"{other.study_name} trial {t.number}"
+        try:
+            arch = Architecture.from_dict(t.user_attrs[Key.ARCH])
+            found[name] = genes(arch, space, t.params.get("lr"), t.params.get("batch_size"))
+        except KeyError:
+            raise ConfigError(f"--from-study {other.study_name}: trial {t.number} has no {Key.ARCH} record") from None
+        except ConfigError as exc:
+            raise ConfigError(f"--from-study: {name}: {exc}; widen the study's space or pass --front") from None
     return found
 
 
