@@ -193,9 +193,8 @@ class ResilientRDBStorage(RDBStorage):
 
     def _made_with(self, token: str) -> FrozenTrial | None:
         """The trial a failed creation made after all, found by its token; ``None`` if none."""
-        attrs = models.TrialSystemAttributeModel.__table__
-        holding = sqlalchemy.select(attrs.c.trial_id).where(
-            attrs.c.key == CREATION_KEY, attrs.c.value_json == json.dumps(token)
+        holding = sqlalchemy.select(_SYSTEM_ATTRS.c.trial_id).where(
+            _SYSTEM_ATTRS.c.key == CREATION_KEY, _SYSTEM_ATTRS.c.value_json == json.dumps(token)
         )
         with self.engine.connect() as conn:
             trial_id = conn.execute(holding).scalar()
