@@ -103,9 +103,9 @@ class ResilientRDBStorage(RDBStorage):
     calls retried with backoff on transient errors for up to ``RETRY_SECONDS``.
 
     Only calls that are safe to repeat are retried (see ``_RETRIED``): reads, heartbeats and
-    writes that overwrite. The three that add rows are first reconciled with what the failed
-    try left: a new trial is found again by its creation token, a state change or a parameter
-    by reading the trial back. The rest (creating or deleting a study) fail at once.
+    writes that overwrite. The calls that add rows are first reconciled with what the failed
+    try left: a new trial and a claim of a queued trial by their tokens, a state change or a
+    parameter by reading the trial back. The rest (creating or deleting a study) fail at once.
 
     With ``read_notes=False`` (workers), study system attributes read back without
     optuna-dashboard's notes; see :func:`nasopt.storages.url.open_storage`. A running trial's
@@ -135,21 +135,19 @@ class ResilientRDBStorage(RDBStorage):
         itself, and after a lost reply it makes a second trial that nobody runs. Here the new
         trial carries a one-off token, and a retry first looks for a trial holding it."""
         template = copy.copy(template_trial) if template_trial is not None else _running_template()
-        token = uuid.uuid4().hex
-        template.system_attrs = {**template.system_attrs, CREATION_KEY: token}
-        for attempt in _retrying("_create_new_trial"):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1 and (made := self._made_with(token)):
-                    return made
-                with _create_scoped_session(self.scoped_session) as session:
-                    # Locking the study row orders concurrent creations' numbers, as Optuna does.
-                    models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-                    trial = self._get_prepared_new_trial(study_id, template, session)
-                    made = copy.deepcopy(template)
-                    made.number, made.datetime_start = trial.number, trial.datetime_start
-                    made._trial_id = trial.trial_id
-                return made
-        raise AssertionError("unreachable: tenacity returns or raises")
+        template.system_attrs = {**template.system_attrs, CREATION_KEY: uuid.uuid4().hex}
+        return self._create(study_id, template)
+
+    def _create(self, study_id: int, template: FrozenTrial) -> FrozenTrial:
+        """One try at creating ``template``'s trial (retried; reconciled by :func:`_created`)."""
+        with _create_scoped_session(self.scoped_session) as session:
+            # Locking the study row orders concurrent creations' numbers, as Optuna does.
+            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+            trial = self._get_prepared_new_trial(study_id, template, session)
+            made = copy.deepcopy(template)
+            made.number, made.datetime_start = trial.number, trial.datetime_start
+            made._trial_id = trial.trial_id
+        return made
 
     _set_state = RDBStorage.set_trial_state_values  # retried below, reconciled by _state_landed
 
@@ -161,44 +159,25 @@ class ResilientRDBStorage(RDBStorage):
         reconciled by its token: this worker's claim, another's, or none yet."""
         if state != TrialState.RUNNING:
             return self._set_state(trial_id, state, values)
-        token = uuid.uuid4().hex
-        for attempt in _retrying("claim"):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1 and (owner := self._claimed_by(trial_id)) is not None:
-                    return owner == token
-                started = datetime.now(UTC).replace(tzinfo=None)  # the column holds naive UTC, as Optuna's
-                with self.engine.begin() as conn:
-                    won = conn.execute(
-                        sqlalchemy.update(_TRIALS)
-                        .where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state == TrialState.WAITING)
-                        .values(state=TrialState.RUNNING, datetime_start=started)
-                    ).rowcount == 1  # fmt: skip
-                    if won:
-                        conn.execute(sqlalchemy.insert(_SYSTEM_ATTRS).values(
-                            trial_id=trial_id, key=CLAIM_KEY, value_json=json.dumps(token)
-                        ))  # fmt: skip
-                if not won and RDBStorage.get_trial(self, trial_id).state.is_finished():
-                    raise UpdateFinishedTrialError(f"trial {trial_id} is already finished")  # as Optuna's claim
-                return won
-        raise AssertionError("unreachable: tenacity returns or raises")
+        won = self._claim(trial_id, uuid.uuid4().hex)
+        if not won and RDBStorage.get_trial(self, trial_id).state.is_finished():
+            raise UpdateFinishedTrialError(f"trial {trial_id} is already finished")  # as Optuna's claim
+        return won
 
-    def _claimed_by(self, trial_id: int) -> str | None:
-        """The token of the claim that made trial ``trial_id`` RUNNING, if any landed."""
-        query = sqlalchemy.select(_SYSTEM_ATTRS.c.value_json).where(
-            _SYSTEM_ATTRS.c.trial_id == trial_id, _SYSTEM_ATTRS.c.key == CLAIM_KEY
-        )
-        with self.engine.connect() as conn:
-            found = conn.execute(query).scalar()
-        return None if found is None else json.loads(found)
-
-    def _made_with(self, token: str) -> FrozenTrial | None:
-        """The trial a failed creation made after all, found by its token; ``None`` if none."""
-        holding = sqlalchemy.select(_SYSTEM_ATTRS.c.trial_id).where(
-            _SYSTEM_ATTRS.c.key == CREATION_KEY, _SYSTEM_ATTRS.c.value_json == json.dumps(token)
-        )
-        with self.engine.connect() as conn:
-            trial_id = conn.execute(holding).scalar()
-        return None if trial_id is None else RDBStorage.get_trial(self, trial_id)  # not retried: inside a retry
+    def _claim(self, trial_id: int, token: str) -> bool:
+        """One try at claiming a queued trial (retried; reconciled by :func:`_claimed`)."""
+        started = datetime.now(UTC).replace(tzinfo=None)  # the column holds naive UTC, as Optuna's
+        with self.engine.begin() as conn:
+            won = conn.execute(
+                sqlalchemy.update(_TRIALS)
+                .where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state == TrialState.WAITING)
+                .values(state=TrialState.RUNNING, datetime_start=started)
+            ).rowcount == 1  # fmt: skip
+            if won:
+                conn.execute(sqlalchemy.insert(_SYSTEM_ATTRS).values(
+                    trial_id=trial_id, key=CLAIM_KEY, value_json=json.dumps(token)
+                ))  # fmt: skip
+        return won
 
     @contextmanager
     def deferred(self, trial_id: int) -> Iterator[None]:
@@ -332,6 +311,28 @@ def _state_landed(
     return True if trial.state == state and (values is None or trial.values == list(values)) else None
 
 
+def _created(storage: ResilientRDBStorage, study_id: int, template: FrozenTrial) -> FrozenTrial | None:
+    """The trial a failed creation made after all, found by its token; ``None`` if none."""
+    token = json.dumps(template.system_attrs[CREATION_KEY])
+    query = sqlalchemy.select(_SYSTEM_ATTRS.c.trial_id).where(
+        _SYSTEM_ATTRS.c.key == CREATION_KEY, _SYSTEM_ATTRS.c.value_json == token
+    )
+    with storage.engine.connect() as conn:
+        trial_id = conn.execute(query).scalar()
+    return None if trial_id is None else RDBStorage.get_trial(storage, trial_id)  # not retried: inside a retry
+
+
+def _claimed(storage: ResilientRDBStorage, trial_id: int, token: str) -> bool | None:
+    """Whether the claim that made the trial RUNNING is this one (``token``) or another's;
+    ``None`` while no claim has landed."""
+    query = sqlalchemy.select(_SYSTEM_ATTRS.c.value_json).where(
+        _SYSTEM_ATTRS.c.trial_id == trial_id, _SYSTEM_ATTRS.c.key == CLAIM_KEY
+    )
+    with storage.engine.connect() as conn:
+        found = conn.execute(query).scalar()
+    return None if found is None else json.loads(found) == token
+
+
 def _param_landed(storage: ResilientRDBStorage, trial_id: int, name: str, internal: float, *_: Any) -> bool | None:
     """Whether a failed parameter write is in the database after all (a second insert is refused)."""
     params = models.TrialParamModel.__table__
@@ -342,7 +343,7 @@ def _param_landed(storage: ResilientRDBStorage, trial_id: int, name: str, intern
 
 #: The calls retried, and for those that add rows, how a retry reads whether the failed try
 #: landed. Reads and heartbeats repeat freely; attribute, intermediate-value and note writes
-#: overwrite. Trial creation reconciles itself (``_create_new_trial``). Study creation and
+#: overwrite. Study creation and
 #: deletion, and schema upgrades, are not retried: a person runs them and sees the error.
 _RETRIED: dict[str, Callable[..., Any] | None] = {
     name: None
@@ -354,6 +355,8 @@ _RETRIED: dict[str, Callable[..., Any] | None] = {
         "set_study_user_attr", "set_study_system_attr", "set_trial_user_attr", "set_trial_system_attr",
         "set_trial_intermediate_value", "save_trial_note", "_write",
     )
-} | {"_set_state": _state_landed, "_set_trial_param": _param_landed}  # fmt: skip
+} | {
+    "_create": _created, "_claim": _claimed, "_set_state": _state_landed, "_set_trial_param": _param_landed,
+}  # fmt: skip
 for _name, _landed in _RETRIED.items():
     setattr(ResilientRDBStorage, _name, _retried(getattr(ResilientRDBStorage, _name), _landed))
