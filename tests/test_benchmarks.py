@@ -91,3 +91,13 @@ def _parity_module():
 )
 def test_accuracy_parity_verdict_on_fixed_differences(delta, said):
     assert _parity_module().verdict(delta) == said
+
+
+def test_latency_cost_prints_each_trials_share(cache_dir):
+    out = run("latency_cost.py", "--trials", "2", "--threads", "2", "--set", "data.max_scans=60",
+              "--set", "train.epochs=1", "--set", f'data.cache_dir="{cache_dir}"')  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+(complete|pruned)", line)]
+    assert len(rows) == 2, out
+    for r in rows:
+        assert 0 < float(r[2]) < float(r[3])  # measuring s < trial s
+    assert re.search(r"median share \d+\.\d+% \(max \d+\.\d+%\); target < 3%", out), out

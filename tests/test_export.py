@@ -311,7 +311,7 @@ def test_export_errors_are_one_line(searched_study, tmp_path):
     url = f"sqlite:///{copy}/storage/nasopt.db"
     cfg = load_config(None)
     create_or_load("empty", cfg, open_storage(url), make_sampler("random", cfg))
-    assert_user_error(nasopt(copy, "export", "--study", "empty", "--out", str(out)), "no complete trial")
+    assert_user_error(nasopt(copy, "export", "--study", "empty", "--out", str(out)), "no trained trial")
 
     # Weights missing from the artifact store.
     study, _ = study_of(copy)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from optuna.trial import FrozenTrial
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from nasopt.errors import DataError
 from nasopt.model.architecture import Architecture
@@ -31,6 +32,11 @@ class Key(StrEnum):
     SAMPLES_PER_S = "train_samples_per_s"
     NORM = "norm"  # (mean, std) of the training HU the network was normalised with
     DEVICE = "device"
+    LATENCY = "latency_ms"  # median ms per batch-1 inference on DEVICE_NAME (an objective and a constraint)
+    LATENCY_32 = "latency_ms_batch32"  # median ms per batch of 32
+    LATENCY_SECONDS = "latency_seconds"  # what measuring both cost the trial
+    DEVICE_NAME = "device_name"  # the worker's device in words, e.g. "NVIDIA H100 80GB HBM3"
+    OVER_BUDGET = "over_budget"  # {constraint: [value, limit]} of a network not trained for it
     FAIL_REASON = "fail_reason"  # why a FAIL trial failed ("stopped": SIGTERM, retried)
     WORKER = "worker"  # {"host", "pid", "index"} of the worker that ran it
     RUNGS = "rungs"  # {epoch: the study's objective values at that epoch} at each early-stopping rung reached
@@ -46,6 +52,41 @@ class Key(StrEnum):
 def val_key(metric: str) -> str:
     """The user attribute of a validation metric (``accuracy`` -> ``val_accuracy``)."""
     return f"val_{metric}"
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """Within every [constraints] budget (Optuna's constraint values, all <= 0)."""
+    return all(c <= 0 for c in trial.constraints.values())
+
+
+def trained(study: optuna.Study) -> list[FrozenTrial]:
+    """The complete trials that trained a network: an over-budget one completes untrained."""
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if Key.OVER_BUDGET not in t.user_attrs
+    ]
+
+
+def front(study: optuna.Study, device_name: str | None = None) -> list[FrozenTrial]:
+    """The Pareto front of the feasible trials (Optuna's ``best_trials``), or of those that ran on
+    ``device_name``: latencies measured on different devices cannot be compared."""
+    if device_name is None:
+        return study.best_trials
+    mine = [t for t in trained(study) if t.user_attrs.get(Key.DEVICE_NAME) == device_name]
+    subset = optuna.create_study(directions=study.directions)  # in memory: Optuna's own front of the subset
+    subset.add_trials(mine)  # numbered 0, 1, ... in this order
+    return [mine[t.number] for t in subset.best_trials]
+
+
+def device_names(study: optuna.Study) -> dict[str, int]:
+    """How many trained trials each device ran; latencies exist per device."""
+    counts: dict[str, int] = {}
+    for t in trained(study):
+        name = t.user_attrs.get(Key.DEVICE_NAME)
+        if name is not None:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True)

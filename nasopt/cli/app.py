@@ -54,6 +54,9 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a stud
 StorageOpt = Annotated[
     str | None, typer.Option(help="Study storage URL (else $NASOPT_STORAGE, else sqlite:///storage/nasopt.db).")
 ]
+DeviceNameOpt = Annotated[
+    str | None, typer.Option(help="Only the trials that ran on this device: latencies compare within one.")
+]
 
 
 def _with_source_inputs(command: Callable[..., None]) -> Callable[..., None]:
@@ -368,13 +371,18 @@ def dashboard(
 
 
 @app.command()
-def front(study: Annotated[str, typer.Option(help="Study name.")] = "nasopt", storage: StorageOpt = None) -> None:
-    """Print the Pareto front of a study."""
+def front(
+    study: Annotated[str, typer.Option(help="Study name.")] = "nasopt",
+    storage: StorageOpt = None,
+    device_name: DeviceNameOpt = None,
+) -> None:
+    """Print the Pareto front of a study's feasible trials."""
     from nasopt.storages.study import load_study
     from nasopt.storages.url import open_storage
     from nasopt.visualization.report import pareto_table
 
-    console.print(pareto_table(load_study(study, open_storage(storage, heartbeat=None, create=False))[0]))
+    opened = load_study(study, open_storage(storage, heartbeat=None, create=False))[0]
+    console.print(pareto_table(opened, device_name))
 
 
 @app.command()
@@ -594,11 +602,12 @@ def report(
     out: Annotated[
         Path, typer.Option(help="Folder for pareto.png, hypervolume.png, curves.png, index.html, summary.md.")
     ] = Path("storage/report"),
+    device_name: DeviceNameOpt = None,
 ) -> None:
     """Write a study's Pareto front, hypervolume and learning-curve figures and an HTML page."""
     from nasopt.visualization.report import write_report
 
-    path = write_report(study, storage, out)
+    path = write_report(study, storage, out, device_name)
     console.print(f"report of study {study!r}: {path / 'index.html'}")
 
 

@@ -26,7 +26,13 @@ from nasopt.errors import ConfigError
 #: The samplers a study file or --sampler may name (built by nasopt.search.samplers.make_sampler).
 SAMPLERS = {"nsga2": "the paper's NSGA-II", "nsga3": "NSGA-III", "tpe": "multi-objective TPE", "random": "random"}
 #: The objectives a study may optimise, each with its direction.
-OBJECTIVES = {"val_accuracy": "maximize", "val_auc": "maximize", "params": "minimize", "flops": "minimize"}
+OBJECTIVES = {
+    "val_accuracy": "maximize",
+    "val_auc": "maximize",
+    "params": "minimize",
+    "flops": "minimize",
+    "latency_ms": "minimize",  # measured at batch 1 on the worker's device
+}
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
 WIDTH_CHOICES = (4, 8, 16, 32, 64, 128)
@@ -193,6 +199,21 @@ class FidelitySection(_Section):
     )
 
 
+class ConstraintsSection(_Section):
+    """Hard budgets, known before training: a network over one is recorded infeasible, untrained."""
+
+    max_params: int | None = Field(None, ge=1, description="Most trainable parameters a trained network may have.")
+    max_flops: int | None = Field(None, ge=1, description="Most forward FLOPs of one sample.")
+    max_latency_ms: float | None = Field(
+        None, gt=0, description="Most milliseconds per batch-1 inference, measured on the worker's device."
+    )
+
+    def limits(self) -> dict[str, float]:
+        """The budgets that are set, by the trial attribute they bound (``params``, ``flops``, ``latency_ms``)."""
+        given = {"params": self.max_params, "flops": self.max_flops, "latency_ms": self.max_latency_ms}
+        return {key: float(limit) for key, limit in given.items() if limit is not None}
+
+
 class StudyConfig(_Section):
     """A whole study file."""
 
@@ -204,6 +225,10 @@ class StudyConfig(_Section):
     fidelity: FidelitySection = Field(
         FidelitySection(), description="Early stopping of dominated trials; train.epochs is the full budget."
     )
+    constraints: ConstraintsSection = Field(
+        ConstraintsSection(),
+        description="Hard budgets during the search (nsga2, nsga3, tpe): networks over one are not trained.",
+    )
 
     @model_validator(mode="after")
     def _crop_fits(self) -> StudyConfig:
@@ -212,13 +237,17 @@ class StudyConfig(_Section):
             raise ValueError(
                 f"train.input_size + 2*train.max_shift = {need} exceeds data.crop_size {self.data.crop_size}"
             )
+        if self.constraints.limits() and self.study.sampler == "random":
+            raise ValueError("[constraints] needs sampler nsga2, nsga3 or tpe: Optuna's random sampler takes none")
         return self
 
     def fingerprint(self) -> str:
         """Stable hash of everything that changes what a trial means."""
         dump = self.model_dump(mode="json")
-        if self.fidelity == FidelitySection():  # studies made before [fidelity] existed keep their fingerprint
-            del dump["fidelity"]
+        # Studies made before these sections existed keep their fingerprint.
+        for section, default in (("fidelity", FidelitySection()), ("constraints", ConstraintsSection())):
+            if getattr(self, section) == default:
+                del dump[section]
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -19,10 +19,9 @@ import optuna
 import torch
 from optuna.artifacts import download_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
-from optuna.trial import TrialState
 
 from nasopt.artifacts.checkpoint import Calibration, CheckpointHeader, OperatingPoint, Selection, read_checkpoint
-from nasopt.artifacts.record import TrialRecord, read_predictions
+from nasopt.artifacts.record import TrialRecord, read_predictions, trained
 from nasopt.artifacts.store import artifact_location, study_artifacts
 from nasopt.config.schema import StudyConfig
 from nasopt.data.noduleset import NoduleSet
@@ -98,9 +97,9 @@ def export_study(
     point_rule, target = parse_operating_point(operating_point)  # before any work: bad input fails fast
     storage = open_storage(storage_url, heartbeat=None, create=False)
     study, cfg = load_study(study_name, storage)
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = trained(study)  # feasible: a network over a [constraints] budget is never trained
     if not trials:
-        raise DataError(f"study {study_name!r} has no complete trial to export; run `nasopt search` first")
+        raise DataError(f"study {study_name!r} has no trained trial to export; run `nasopt search` first")
     records = {t.number: TrialRecord.from_trial(t) for t in trials}
     fitting = [r for r in records.values() if max_params is None or r.params <= max_params]
     if not fitting:

@@ -24,11 +24,18 @@ from nasopt.artifacts.checkpoint import CheckpointHeader, save_model
 from nasopt.artifacts.record import Key, predictions_json, val_key
 from nasopt.config.schema import OBJECTIVES, StudyConfig
 from nasopt.data.noduleset import NoduleSet
+from nasopt.inference.latency import measure
 from nasopt.model import Architecture, build_network, count_flops, count_params
+from nasopt.search.constraints import FIELDS, over
 from nasopt.search.pruners.moasha import MOASHA, to_minimize
 from nasopt.search.space import suggest
 from nasopt.storages.writes import deferred_writes, save_note, set_user_attrs
 from nasopt.training.fit import FitResult, TrainingDiverged, fit
+
+#: An untrained (over-budget) trial's value for each validation metric (all maximized): the worst there is.
+UNTRAINED_METRIC = 0.0
+#: The record's keys known before training (see Objective._known).
+_KNOWN = (Key.PARAMS, Key.FLOPS, Key.LATENCY, Key.LATENCY_32, Key.DEVICE_NAME, Key.LATENCY_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class Presentation:
     """How a trial is shown, handed in by the caller (the worker passes
     :mod:`nasopt.visualization.trial`'s), so that the search imports no drawing."""
 
-    note: Callable[..., str]  # the dashboard note: trial_note's arguments
+    note: Callable[[int, Architecture, dict[str, Any], str | None], str]  # the dashboard note (trial_note)
     figures: Callable[[int, CheckpointHeader, FitResult, NoduleSet, Path], dict[Key, Path]]  # uploaded
 
 
@@ -64,19 +71,21 @@ class Objective:
         self.shield = shield
         self.presentation = presentation
         self.directions = [OBJECTIVES[o] for o in cfg.study.objectives]
+        self.limits = cfg.constraints.limits()
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         with self.shield():
             arch, hparams = suggest(trial, self.cfg.space)
+        known = self._known(arch)
+        if over_limits := over(known, self.limits):
+            return self._over_budget(trial, arch, known, over_limits)
         try:
-            result = self._fit(trial, arch, hparams)
+            result = self._fit(trial, arch, hparams, known)
         except TrainingDiverged as exc:
             with self.shield():
                 trial.set_user_attr(Key.FAIL_REASON, str(exc))  # shown by the dashboard and `search`
             raise
-        values = {val_key(k): v for k, v in result.metrics.items()}
-        values[Key.PARAMS] = result.params
-        values[Key.FLOPS] = count_flops(arch, self.cfg.train.input_size)
+        values = {val_key(k): v for k, v in result.metrics.items()} | known
         record = {
             Key.CURVE: result.curve,
             Key.TRAIN_SECONDS: round(result.seconds, 2),
@@ -89,14 +98,42 @@ class Objective:
                 set_user_attrs(trial, values | record)
                 if self.artifacts is not None:
                     self._upload(trial, arch, result)
-            self._note(
-                trial, arch, result.params, values[Key.FLOPS], result.metrics, result.seconds,
-                result.train_samples_per_s, str(self.device),
-            )  # fmt: skip
+            self._note(trial, arch, values | record)
         return tuple(float(values[o]) for o in self.cfg.study.objectives)
 
-    def _fit(self, trial: optuna.Trial, arch: Architecture, hparams: dict) -> FitResult:
-        known = {Key.PARAMS: count_params(build_network(arch)), Key.FLOPS: count_flops(arch, self.cfg.train.input_size)}
+    def _known(self, arch: Architecture) -> dict[str, Any]:
+        """What is known before training: parameters, FLOPs and (with its device) the measured
+        latency. Latency is left out only for a network already over another budget, unless it
+        is an objective."""
+        known: dict[str, Any] = {
+            Key.PARAMS: count_params(build_network(arch)),
+            Key.FLOPS: count_flops(arch, self.cfg.train.input_size),
+        }
+        if over(known, self.limits) and Key.LATENCY not in self.cfg.study.objectives:
+            return known
+        latency = measure(build_network(arch), self.cfg.train.input_size, self.device, self.cfg.train.channels_last)
+        return known | {
+            Key.LATENCY: latency.ms[1],
+            Key.LATENCY_32: latency.ms[32],
+            Key.DEVICE_NAME: latency.device_name,
+            Key.LATENCY_SECONDS: round(latency.seconds, 3),
+        }
+
+    def _over_budget(
+        self, trial: optuna.Trial, arch: Architecture, known: dict[str, Any], over_limits: dict[str, list[float]]
+    ) -> tuple[float, ...]:
+        """An infeasible trial, not trained: it completes at once with its budgets' values and
+        the worst value of each metric objective, so the sampler ranks it and learns from it."""
+        record = known | {Key.OVER_BUDGET: over_limits, Key.DEVICE: str(self.device)}
+        with self.shield():
+            set_user_attrs(trial, record)
+            why = ", ".join(
+                f"{key} {value:,.6g} > {FIELDS[key]} {limit:,.6g}" for key, (value, limit) in over_limits.items()
+            )
+            self._note(trial, arch, record, stopped=f"not trained: {why}")
+        return tuple(float(known.get(o, UNTRAINED_METRIC)) for o in self.cfg.study.objectives)
+
+    def _fit(self, trial: optuna.Trial, arch: Architecture, hparams: dict, known: dict[str, Any]) -> FitResult:
         curve: list[dict[str, float]] = []
         t0 = time.perf_counter()
 
@@ -141,20 +178,17 @@ class Objective:
         )
         if decision.keep_going:
             return
-        set_user_attrs(
-            trial,
-            {
-                Key.STOPPED_AT: int(epoch),
-                Key.STOP_REASON: decision.reason,
-                Key.PARAMS: values[Key.PARAMS],
-                Key.FLOPS: values[Key.FLOPS],
-                Key.CURVE: curve,
-                Key.TRAIN_SECONDS: round(seconds, 2),
-            },
-        )
-        metrics = {k.removeprefix("val_"): v for k, v in values.items() if k.startswith("val_")}
+        known = {k: v for k, v in values.items() if k in _KNOWN}
+        record = known | {
+            Key.STOPPED_AT: int(epoch),
+            Key.STOP_REASON: decision.reason,
+            Key.CURVE: curve,
+            Key.TRAIN_SECONDS: round(seconds, 2),
+        }
+        set_user_attrs(trial, record)
+        metrics = {k: v for k, v in values.items() if k.startswith("val_")}
         self._note(
-            trial, arch, values[Key.PARAMS], values[Key.FLOPS], metrics, seconds, 0.0, str(self.device),
+            trial, arch, record | metrics | {Key.DEVICE: str(self.device)},
             stopped=f"epoch {epoch} of {self.cfg.train.epochs}, MO-ASHA: {decision.reason}",
         )  # fmt: skip
         raise optuna.TrialPruned(decision.reason)
@@ -185,6 +219,8 @@ class Objective:
             }
             set_user_attrs(trial, ids)
 
-    def _note(self, trial: optuna.Trial, *args: Any, **kwargs: Any) -> None:
+    def _note(
+        self, trial: optuna.Trial, arch: Architecture, record: dict[str, Any], stopped: str | None = None
+    ) -> None:
         if self.presentation is not None:
-            save_note(trial, self.presentation.note(trial.number, *args, **kwargs))
+            save_note(trial, self.presentation.note(trial.number, arch, record, stopped))

@@ -11,6 +11,7 @@ same trials (``tests/test_sampler.py``).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
@@ -20,6 +21,7 @@ from optuna.trial import FrozenTrial
 
 from nasopt.config.schema import SAMPLERS, StudyConfig
 from nasopt.errors import ConfigError
+from nasopt.search.constraints import constraints_func
 from nasopt.storages.url import quiet_experimental
 
 
@@ -73,13 +75,22 @@ for _cls, _base in ((NSGAII, NSGAIISampler), (NSGAIII, NSGAIIISampler)):
 def make_sampler(name: str, cfg: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
     seed = cfg.study.seed if seed is None else seed
     pop = cfg.study.population_size
-    if name == "nsga2":
-        return NSGAII(population_size=pop, seed=seed)
-    if name == "nsga3":
-        with quiet_experimental():
-            return NSGAIII(population_size=pop, seed=seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(multivariate=True, seed=seed)
+    limits = cfg.constraints.limits()
+    if name not in SAMPLERS:
+        raise ConfigError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
     if name == "random":
+        if limits:
+            raise ConfigError("--sampler random: the study has [constraints], which Optuna's random sampler ignores")
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ConfigError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    kwargs: dict[str, Any] = {"seed": seed}
+    if limits:
+        kwargs["constraints_func"] = constraints_func(limits)
+    # constraints_func is deprecated since Optuna 5.0 for Trial.set_constraint, but it writes the
+    # one constraint attribute that optuna-dashboard (<= 0.21) reads; set_constraint's it does not show.
+    with quiet_experimental(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`constraints_func`", FutureWarning)
+        if name == "nsga2":
+            return NSGAII(population_size=pop, **kwargs)
+        if name == "nsga3":
+            return NSGAIII(population_size=pop, **kwargs)
+        return optuna.samplers.TPESampler(multivariate=True, **kwargs)

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
-from nasopt.artifacts.record import Key
+from nasopt.artifacts.record import Key, trained
 from nasopt.config.schema import SpaceSection
 from nasopt.errors import ConfigError
 from nasopt.model.architecture import Architecture
@@ -95,11 +94,11 @@ def read_networks(path: str | Path, space: SpaceSection) -> dict[str, dict[str, 
 
 
 def from_study(other: optuna.Study, space: SpaceSection, front: bool = False) -> dict[str, dict[str, Any]]:
-    """The complete trials of study ``other`` (its Pareto front with ``front``), as genes by
-    name, each with its trial's lr and batch size; checked as :func:`read_networks` checks."""
-    trials = other.best_trials if front else other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    """The trained trials of study ``other`` (its feasible Pareto front with ``front``), as genes
+    by name, each with its trial's lr and batch size; checked as :func:`read_networks` checks."""
+    trials = other.best_trials if front else trained(other)
     if not trials:
-        raise ConfigError(f"--from-study {other.study_name}: no complete trial to start from")
+        raise ConfigError(f"--from-study {other.study_name}: no trained trial to start from")
     found: dict[str, dict[str, Any]] = {}
     for t in trials:
         name = f"{other.study_name} trial {t.number}"

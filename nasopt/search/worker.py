@@ -43,6 +43,7 @@ from nasopt.artifacts.store import artifact_location, study_artifacts
 from nasopt.config.schema import StudyConfig
 from nasopt.data.prepare import load_data
 from nasopt.data.splits import study_sets
+from nasopt.search.constraints import check_reachable
 from nasopt.search.objective import Objective, Presentation
 from nasopt.search.pruners.moasha import make_fidelity
 from nasopt.search.samplers import make_sampler
@@ -219,7 +220,10 @@ class _SignalGuard:
 def _report(console: Console):
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         a = trial.user_attrs
-        if trial.state == TrialState.COMPLETE:
+        if trial.state == TrialState.COMPLETE and Key.OVER_BUDGET in a:
+            over = ", ".join(f"{key} {value:,.6g} > {limit:,.6g}" for key, (value, limit) in a[Key.OVER_BUDGET].items())
+            console.print(f"trial {trial.number:>3}  over budget, not trained: {over}  {a[Key.ARCH_SUMMARY]}")
+        elif trial.state == TrialState.COMPLETE:
             console.print(
                 f"trial {trial.number:>3}  val acc {a[val_key('accuracy')]:.3f}  AUC {a[val_key('auc')]:.3f}  "
                 f"params {a[Key.PARAMS]:>10,}  {a[Key.TRAIN_SECONDS]:6.1f} s  {a[Key.ARCH_SUMMARY]}"
@@ -256,9 +260,10 @@ def run_search(cfg: StudyConfig, opts: WorkerOptions, console: Console | None = 
         torch.set_num_threads(opts.threads)
     guard = _SignalGuard()
     with guard.installed():
-        storage = open_storage(url, heartbeat=opts.heartbeat, read_notes=False)
+        # Sampler, budgets, data and splits before the study: bad input must not leave one behind.
         sampler = make_sampler(opts.sampler or cfg.study.sampler, cfg, seed)
-        # Data and splits before the study: bad data must not leave a study behind.
+        check_reachable(cfg, dev)
+        storage = open_storage(url, heartbeat=opts.heartbeat, read_notes=False)
         with guard.interruptible():
             ns = load_data(cfg.data, progress=True)
             train, val, _ = study_sets(cfg, ns)

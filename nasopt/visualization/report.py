@@ -14,23 +14,24 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from nasopt.artifacts.record import Key, val_key
+from nasopt.artifacts.record import Key, device_names, front, trained, val_key
 from nasopt.atomic import atomic_write
 from nasopt.data.sources import PHANTOM_CAVEAT, PHANTOM_TAG
-from nasopt.errors import DataError
+from nasopt.errors import ConfigError, DataError
 from nasopt.evaluation.metrics import N_BOOT
 
 
-def pareto_rows(study: optuna.Study) -> list[dict[str, object]]:
-    """One row per Pareto-optimal trial, fewest parameters first."""
+def pareto_rows(study: optuna.Study, device_name: str | None = None) -> list[dict[str, object]]:
+    """One row per Pareto-optimal feasible trial (of ``device_name``'s, when given), fewest parameters first."""
     rows = []
-    for t in study.best_trials:
+    for t in front(study, device_name):
         rows.append(
             {
                 "trial": t.number,
                 "val_accuracy": t.user_attrs.get(val_key("accuracy")),
                 "val_auc": t.user_attrs.get(val_key("auc")),
                 "params": t.user_attrs.get(Key.PARAMS),
+                "latency_ms": t.user_attrs.get(Key.LATENCY),
                 "arch": t.user_attrs.get(Key.ARCH_SUMMARY, ""),
             }
         )
@@ -41,23 +42,47 @@ def _fmt(value: object, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def pareto_table(study: optuna.Study) -> Table:
+def devices_note(study: optuna.Study, device_name: str | None) -> str | None:
+    """What to say about the devices the trials ran on: latencies compare only within one device.
+    An unknown ``device_name`` is an error naming the ones there are."""
+    names = device_names(study)
+    listed = "; ".join(f"{name!r}: {n} trials" for name, n in names.items())
+    if device_name is not None:
+        if device_name not in names:
+            raise ConfigError(f"--device-name {device_name!r}: no trained trial ran on it; devices: {listed or 'none'}")
+        return f"trials of {device_name!r} only"
+    if len(names) > 1:
+        return f"trials ran on {len(names)} devices ({listed}): latencies compare only within one; pass --device-name"
+    return None
+
+
+def pareto_table(study: optuna.Study, device_name: str | None = None) -> Table:
     n_complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    table = Table(title=f"Pareto front of study {study.study_name!r} ({n_complete} complete trials)")
+    n_trained = len(trained(study))
+    untrained = f", {n_complete - n_trained} over budget and not trained" if n_complete > n_trained else ""
+    note = devices_note(study, device_name)
+    table = Table(
+        title=f"Pareto front of study {study.study_name!r} ({n_complete} complete trials{untrained})",
+        caption=note,
+    )
+    rows = pareto_rows(study, device_name)
+    latency = any(r["latency_ms"] is not None for r in rows)
     for name, justify in (
         ("trial", "right"),
         ("val acc", "right"),
         ("val AUC", "right"),
         ("params", "right"),
+        *((("ms, batch 1", "right"),) if latency else ()),
         ("architecture (stem | stages | margin; c = CBAM)", "left"),
     ):
         table.add_column(name, justify=justify)
-    for r in pareto_rows(study):
+    for r in rows:
         table.add_row(
             str(r["trial"]),
             _fmt(r["val_accuracy"], ".3f"),
             _fmt(r["val_auc"], ".3f"),
             _fmt(r["params"], ","),
+            *((_fmt(r["latency_ms"], ".2f"),) if latency else ()),
             str(r["arch"]),
         )
     return table
@@ -123,19 +148,22 @@ def hypervolume_2d(points: list[tuple[float, int]], reference: tuple[float, int]
     return area
 
 
-def write_report(study_name: str, storage: str | None, out: str | Path) -> Path:
-    """Write pareto.png, hypervolume.png, curves.png, index.html and summary.md for a study into ``out``."""
+def write_report(study_name: str, storage: str | None, out: str | Path, device_name: str | None = None) -> Path:
+    """Write pareto.png, hypervolume.png, curves.png, index.html and summary.md for a study into ``out``:
+    its trained, feasible trials (those of ``device_name``, when given)."""
     from nasopt.storages.study import load_study
     from nasopt.storages.url import open_storage
     from nasopt.visualization import figures  # matplotlib: only the report needs it
 
     study, cfg = load_study(study_name, open_storage(storage, heartbeat=None, create=False))
-    trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.datetime_complete)
+    note = devices_note(study, device_name)
+    trials = [t for t in trained(study) if device_name in (None, t.user_attrs.get(Key.DEVICE_NAME))]
+    trials.sort(key=lambda t: t.datetime_complete)
     if not trials:
-        raise DataError(f"study {study_name!r} has no complete trial to report; run `nasopt search` first")
+        raise DataError(f"study {study_name!r} has no trained trial to report; run `nasopt search` first")
     out = Path(out)
     metric = next((o for o in cfg.study.objectives if o.startswith("val_")), "val_accuracy")
-    front = {t.number for t in study.best_trials}
+    on_front = {t.number for t in front(study, device_name)}
     phantom = cfg.data.source == "phantom"
     tag = PHANTOM_TAG if phantom else ""
     points = [(t.user_attrs[Key.PARAMS], t.user_attrs[metric], t.number) for t in trials]
@@ -148,7 +176,7 @@ def write_report(study_name: str, storage: str | None, out: str | Path) -> Path:
     )
     figures.pareto(
         points,
-        front,
+        on_front,
         out / "pareto.png",
         metric,
         f"study {study_name!r}: {len(trials)} complete trials{tag}",
@@ -170,13 +198,13 @@ def write_report(study_name: str, storage: str | None, out: str | Path) -> Path:
     hv_note = f"hypervolume of ({metric}, log10 parameters) against the reference point ({metric} 0, 10^8 parameters)"
     figures.hypervolume(hv, by_time, out / "hypervolume.png", f"study {study_name!r}: front hypervolume{tag}", hv_note)
 
-    front_trials = sorted((t for t in trials if t.number in front), key=lambda t: t.user_attrs[Key.PARAMS])
+    front_trials = sorted((t for t in trials if t.number in on_front), key=lambda t: t.user_attrs[Key.PARAMS])
     runs = [(f"trial {t.number}", t.user_attrs.get(Key.CURVE, [])) for t in front_trials]
     figures.curves(runs, out / "curves.png", f"study {study_name!r}: learning curves of the front{tag}")
 
-    rows = pareto_rows(study)
+    rows = pareto_rows(study, device_name)
     settings = json.dumps(cfg.model_dump(mode="json"), indent=2)
-    caveat = f"{PHANTOM_CAVEAT}." if phantom else ""
+    caveat = " ".join(s for s in (f"{PHANTOM_CAVEAT}." if phantom else "", f"{note}." if note else "") if s)
     _write_text(out / "summary.md", _summary_md(study_name, len(trials), rows, hv[-1], settings, caveat))
     _write_text(out / "index.html", _index_html(study_name, len(trials), rows, hv[-1], settings, caveat))
     return out

@@ -4,6 +4,7 @@ beside its weights. The worker hands these to the objective, which does not draw
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from nasopt.artifacts.checkpoint import CheckpointHeader, build_model
 from nasopt.artifacts.record import Key
@@ -16,31 +17,34 @@ from nasopt.training.fit import FitResult
 from nasopt.visualization.figures import attention_grid, learning_curve
 
 
-def trial_note(
-    number: int,
-    arch: Architecture,
-    params: int,
-    flops: int,
-    metrics: dict[str, float],
-    seconds: float,
-    samples_per_s: float,
-    device: str,
-    stopped: str | None = None,
-) -> str:
-    """The markdown note optuna-dashboard shows on a trial's page; ``stopped`` says why a trial
-    stopped early (its metrics are then those at the rung where it stopped)."""
+def trial_note(number: int, arch: Architecture, record: dict[str, Any], stopped: str | None = None) -> str:
+    """The markdown note optuna-dashboard shows on a trial's page, from the trial's record
+    (:class:`Key` values and ``val_`` metrics); ``stopped`` says why a trial stopped early (its
+    metrics are then those at the rung where it stopped) or was not trained."""
     lines = [f"### Trial {number}", "", "| part | blocks | widths | CBAM |", "|---|---|---|---|"]
     lines.append(f"| stem | 2 conv | {arch.stem_width} | {'yes' if arch.cbam_stem else 'no'} |")
     for i, (widths, cbam) in enumerate(zip(arch.stages, arch.cbam_stages), start=1):
         lines.append(f"| stage {i} | {len(widths)} | {', '.join(map(str, widths))} | {'yes' if cbam else 'no'} |")
     lines += [
         "",
-        f"- A-Softmax margin **m = {arch.margin}**; **{params:,}** parameters; **{flops / 1e6:,.1f} MFLOPs** per crop",
-        "- validation: " + ", ".join(f"{k} **{v:.3f}**" for k, v in metrics.items()),
-        f"- trained in {seconds:.1f} s at {samples_per_s:,.0f} samples/s on `{device}`"
-        if stopped is None
-        else f"- **stopped early** after {seconds:.1f} s on `{device}`: {stopped}",
+        f"- A-Softmax margin **m = {arch.margin}**; **{record[Key.PARAMS]:,}** parameters; "
+        f"**{record[Key.FLOPS] / 1e6:,.1f} MFLOPs** per crop",
     ]
+    if Key.LATENCY in record:
+        lines.append(
+            f"- inference **{record[Key.LATENCY]:.2f} ms** at batch 1, {record[Key.LATENCY_32]:.1f} ms at batch 32 "
+            f"on {record[Key.DEVICE_NAME]}"
+        )
+    metrics = {k.removeprefix("val_"): v for k, v in record.items() if k.startswith("val_")}
+    if metrics:
+        lines.append("- validation: " + ", ".join(f"{k} **{v:.3f}**" for k, v in metrics.items()))
+    seconds, device = record.get(Key.TRAIN_SECONDS, 0.0), record.get(Key.DEVICE, "")
+    if stopped is None:
+        lines.append(f"- trained in {seconds:.1f} s at {record[Key.SAMPLES_PER_S]:,.0f} samples/s on `{device}`")
+    else:
+        lines.append(
+            f"- **{stopped}**" if not seconds else f"- **stopped early** after {seconds:.1f} s on `{device}`: {stopped}"
+        )
     return "\n".join(lines) + "\n"
 
 
