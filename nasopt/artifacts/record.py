@@ -36,6 +36,7 @@ class Key(StrEnum):
     LATENCY_32 = "latency_ms_batch32"  # median ms per batch of 32
     LATENCY_SECONDS = "latency_seconds"  # what measuring both cost the trial
     DEVICE_NAME = "device_name"  # the worker's device in words, e.g. "NVIDIA H100 80GB HBM3"
+    PROVENANCE = "provenance"  # code, library versions, device, settings, seed, data and split it ran with
     OVER_BUDGET = "over_budget"  # {constraint: [value, limit]} of a network not trained for it
     FAIL_REASON = "fail_reason"  # why a FAIL trial failed ("stopped": SIGTERM, retried)
     WORKER = "worker"  # {"host", "pid", "index"} of the worker that ran it

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore, download_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
 
-from nasopt.errors import ConfigError, StorageError
+from nasopt.errors import ConfigError, DataError, StorageError
 from nasopt.storages.url import redact, storage_file, storage_url
 
 ARTIFACTS_ATTR = "nasopt_artifacts"
@@ -89,3 +90,19 @@ def dashboard_artifacts(
         )
     location = where.pop() if where else resolve_artifacts(default_artifacts(url), url)
     return open_artifact_store(location, create=not studies)
+
+
+def fetch_artifact(
+    store: FileSystemArtifactStore, artifact_id: str | None, dest: Path, what: str, trial: int, where: str
+) -> Path:
+    """Download one of a trial's artifacts to ``dest``; a missing one is one line naming the folder."""
+    if artifact_id is None:
+        raise DataError(f"trial {trial}: no {what} artifact recorded; it was searched without an artifact store")
+    try:
+        download_artifact(artifact_store=store, file_path=str(dest), artifact_id=artifact_id)
+    except (ArtifactNotFound, FileNotFoundError):
+        raise DataError(
+            f"trial {trial}: its {what} (artifact {artifact_id}) are missing from the artifact store {where}; "
+            "the study records that folder; restore the file there"
+        ) from None
+    return dest

@@ -386,6 +386,37 @@ def front(
 
 
 @app.command()
+def retrain(
+    study: Annotated[str, typer.Option(help="Study name.")] = "nasopt",
+    trial: Annotated[int, typer.Option(help="The complete trial to rebuild from its record.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write the retrained network here (safetensors).")] = None,
+    storage: StorageOpt = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (exact reproduction: cpu).")] = "cpu",
+) -> None:
+    """Train a trial again from its record and compare its validation predictions with the stored ones."""
+    from nasopt.search.retrain import retrain as run
+    from nasopt.storages.study import load_study
+    from nasopt.storages.url import open_storage
+    from nasopt.training.fit import resolve_device
+
+    opened, cfg = load_study(study, open_storage(storage, heartbeat=None, create=False))
+    r = run(opened, cfg, trial, storage, resolve_device(device), out)
+    console.print(
+        f"trial {r.trial} retrained in {r.seconds:.1f} s on {r.device}: largest difference from its stored "
+        f"validation predictions {r.max_difference:.3g} over {r.nodules} nodules"
+        + (" (reproduced exactly)" if r.reproduced else "")
+    )
+    if not r.recorded:
+        console.print("note: this trial predates provenance records; nothing to compare it with")
+    for found in r.differences:
+        console.print(f"differs: {escape(found)}", highlight=False)
+    if r.out is not None:
+        console.print(f"wrote {r.out}")
+    if not r.reproduced and not r.differences and r.recorded:
+        raise typer.Exit(1)  # same code, libraries, device and data, other predictions: not reproducible
+
+
+@app.command()
 def export(
     study: Annotated[str, typer.Option(help="Study name.")] = "nasopt",
     out: Annotated[Path, typer.Option(help="Ensemble file to write (safetensors).")] = Path(

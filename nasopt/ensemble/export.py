@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import optuna
 import torch
-from optuna.artifacts import download_artifact
-from optuna.artifacts.exceptions import ArtifactNotFound
 
 from nasopt.artifacts.checkpoint import Calibration, CheckpointHeader, OperatingPoint, Selection, read_checkpoint
 from nasopt.artifacts.record import TrialRecord, read_predictions, trained
-from nasopt.artifacts.store import artifact_location, study_artifacts
+from nasopt.artifacts.store import artifact_location, fetch_artifact, study_artifacts
 from nasopt.config.schema import StudyConfig
 from nasopt.data.noduleset import NoduleSet
 from nasopt.data.prepare import load_data
@@ -51,26 +48,6 @@ class ExportResult:
     calibration: Calibration | None
     operating_point: OperatingPoint
     notes: list[str]
-
-
-def _fetch(
-    store: optuna.artifacts.FileSystemArtifactStore,
-    artifact_id: str | None,
-    dest: Path,
-    what: str,
-    trial: int,
-    where: str,
-) -> Path:
-    if artifact_id is None:
-        raise DataError(f"trial {trial}: no {what} artifact recorded; it was searched without an artifact store")
-    try:
-        download_artifact(artifact_store=store, file_path=str(dest), artifact_id=artifact_id)
-    except (ArtifactNotFound, FileNotFoundError):
-        raise DataError(
-            f"trial {trial}: its {what} (artifact {artifact_id}) are missing from the artifact store {where}; "
-            "the study records that folder; restore the file there"
-        ) from None
-    return dest
 
 
 def export_study(
@@ -111,7 +88,7 @@ def export_study(
     with tempfile.TemporaryDirectory() as tmp:
         cands, labels, nodules = [], None, None
         for r in fitting:
-            path = _fetch(
+            path = fetch_artifact(
                 store, r.predictions_id, Path(tmp) / f"{r.number}.json", "validation predictions", r.number, where
             )
             names, y, prob = read_predictions(path)
@@ -141,7 +118,7 @@ def export_study(
         members = []
         for number, count in weights.items():
             r = records[number]
-            path = _fetch(store, r.weights_id, Path(tmp) / f"{number}.safetensors", "weights", number, where)
+            path = fetch_artifact(store, r.weights_id, Path(tmp) / f"{number}.safetensors", "weights", number, where)
             tensors, header = read_checkpoint(path, "model", CheckpointHeader)
             if refit:
                 header, tensors = _refit(study_name, cfg, r, sets.train, sets.val, device)

@@ -358,7 +358,7 @@ def _train_and_predict(
     plan: Plan, fold: int, train: NoduleSet, test: NoduleSet, train_cfg: TrainSection, device: torch.device
 ) -> np.ndarray:
     """Every member trained on ``train``; their weighted mean probability on ``test``."""
-    from nasopt.training.fit import fit  # the trainer pulls in augmentation and the loss; only here
+    from nasopt.training.fit import TrainingDiverged, fit  # the trainer pulls in augmentation and the loss
 
     crops = torch.from_numpy(np.ascontiguousarray(test.crops))
     total = sum(m.weight for m in plan.members)
@@ -366,7 +366,10 @@ def _train_and_predict(
     for i, m in enumerate(plan.members):
         # Seeds follow the study seed, trial and fold, so the same command gives the same numbers.
         seed = plan.cfg.study.seed + (m.trial if m.trial is not None else i) + fold
-        r = fit(m.arch, train, None, train_cfg, lr=m.lr, batch_size=m.batch_size, seed=seed, device=device)
+        try:
+            r = fit(m.arch, train, None, train_cfg, lr=m.lr, batch_size=m.batch_size, seed=seed, device=device)
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(f"fold {fold}, {m.name}: {exc} (--epochs {train_cfg.epochs})") from None
         header = CheckpointHeader(arch=m.arch.to_dict(), norm=r.norm, input_size=train_cfg.input_size, metrics={})
         net = build_model(header, r.state_dict, where=f"fold {fold} {m.name}", device=device)
         p = predict_proba(Member(net, r.norm), crops, train_cfg.input_size).cpu().numpy().astype(np.float64)

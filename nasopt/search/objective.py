@@ -62,6 +62,7 @@ class Objective:
         fidelity: MOASHA | None = None,
         shield: Callable[[], AbstractContextManager[None]] = nullcontext,
         presentation: Presentation | None = None,
+        provenance: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.train, self.val, self.device = cfg, train, val, device
         self.artifacts = artifacts
@@ -70,6 +71,7 @@ class Objective:
         # Around each of the objective's storage calls: a worker's signals wait for their end.
         self.shield = shield
         self.presentation = presentation
+        self.provenance = provenance  # this worker's (nasopt.search.provenance); each trial adds its seed
         self.directions = [OBJECTIVES[o] for o in cfg.study.objectives]
         self.limits = cfg.constraints.limits()
 
@@ -77,6 +79,8 @@ class Objective:
         with self.shield():
             arch, hparams = suggest(trial, self.cfg.space)
         known = self._known(arch)
+        if self.provenance is not None:
+            known[Key.PROVENANCE] = self.provenance | {"seed": self._seed(trial)}
         if over_limits := over(known, self.limits):
             return self._over_budget(trial, arch, known, over_limits)
         try:
@@ -152,10 +156,13 @@ class Objective:
             self.cfg.train,
             lr=hparams["lr"],
             batch_size=hparams["batch_size"],
-            seed=self.cfg.study.seed + trial.number,
+            seed=self._seed(trial),
             device=self.device,
             on_epoch=on_epoch,
         )
+
+    def _seed(self, trial: optuna.Trial) -> int:
+        return self.cfg.study.seed + trial.number
 
     def _rung(
         self, trial: optuna.Trial, arch: Architecture, values: dict, curve: list[dict[str, float]], seconds: float

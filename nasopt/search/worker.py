@@ -45,6 +45,7 @@ from nasopt.data.prepare import load_data
 from nasopt.data.splits import study_sets
 from nasopt.search.constraints import check_reachable
 from nasopt.search.objective import Objective, Presentation
+from nasopt.search.provenance import provenance
 from nasopt.search.pruners.moasha import make_fidelity
 from nasopt.search.samplers import make_sampler
 from nasopt.storages.study import create_or_load
@@ -288,7 +289,10 @@ def run_search(cfg: StudyConfig, opts: WorkerOptions, console: Console | None = 
                 bar.update(task, completed=done % epochs, description=f"trial {trial.number} epoch {done}/{epochs}")
 
             shown = Presentation(trial_note, trial_figures)
-            objective = Objective(cfg, train, val, dev, store, on_epoch, make_fidelity(cfg), guard.shielded, shown)
+            prov = provenance(cfg, ns, train, val, dev)
+            objective = Objective(
+                cfg, train, val, dev, store, on_epoch, make_fidelity(cfg), guard.shielded, shown, prov
+            )
             _loop(study, objective, budget, me, guard, console)
     if budget.max_trials is not None:
         console.print(f"study {study_name!r}: {_counts(study)[0]} complete trials (budget {budget.max_trials})")

@@ -18,15 +18,16 @@ import torch
 
 from nasopt.config.schema import TrainSection
 from nasopt.data.noduleset import NoduleSet
-from nasopt.errors import ConfigError
+from nasopt.errors import ConfigError, NasoptError
 from nasopt.evaluation.metrics import binary_metrics
 from nasopt.inference.core import Member, center_crop, normalize, predict_proba, set_layout
 from nasopt.model import AngularMarginLoss, Architecture, ResCBAM3D, build_network, count_params
 from nasopt.training.augment import crop_and_flip, zero_out
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the trial fails with this message."""
+class TrainingDiverged(NasoptError, RuntimeError):
+    """The loss became NaN or infinite: a search's trial fails with this message, and a command
+    that trains one network (crossval, export --refit, retrain) stops with it in one line."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from nasopt.data.sources import PHANTOM_TAG
 from nasopt.inference.attention import example_rows
 from nasopt.inference.core import Member
 from nasopt.model import Architecture
+from nasopt.search.provenance import one_line
 from nasopt.training.fit import FitResult
 from nasopt.visualization.figures import attention_grid, learning_curve
 
@@ -38,6 +39,8 @@ def trial_note(number: int, arch: Architecture, record: dict[str, Any], stopped:
     metrics = {k.removeprefix("val_"): v for k, v in record.items() if k.startswith("val_")}
     if metrics:
         lines.append("- validation: " + ", ".join(f"{k} **{v:.3f}**" for k, v in metrics.items()))
+    if Key.PROVENANCE in record:
+        lines.append(f"- provenance: {one_line(record[Key.PROVENANCE])}")
     seconds, device = record.get(Key.TRAIN_SECONDS, 0.0), record.get(Key.DEVICE, "")
     if stopped is None:
         lines.append(f"- trained in {seconds:.1f} s at {record[Key.SAMPLES_PER_S]:,.0f} samples/s on `{device}`")
