@@ -105,3 +105,55 @@ def test_queued_networks_train_exactly_once_with_four_workers(tmp_path, cache_di
         filled = {f"width_{s}_{b}": 4 for s in range(space.stages) for b in range(4)} | fixed
         assert decode(filled, space) == Architecture.from_dict(t.user_attrs["arch"])
         assert (fixed["lr"], fixed["batch_size"]) == (t.params["lr"], t.params["batch_size"])
+
+
+TABLE = ROOT / "benchmarks" / "nasbench" / "naslung-phantom.json.gz"
+
+
+def _table_rows() -> list[dict]:
+    import gzip
+    import json
+
+    with gzip.open(TABLE, "rt") as f:
+        return json.load(f)["rows"]
+
+
+def test_from_table_queues_the_tables_front_as_optuna_ranks_it():
+    from nasopt.search.warmstart import from_table
+
+    space = load_config(ROOT / "studies" / "naslung.toml").space
+    rows = _table_rows()
+    ranked = optuna.create_study(directions=["maximize", "minimize"])
+    for row in rows:
+        ranked.add_trial(optuna.trial.create_trial(values=[row["val_accuracy"][-1], row["n_params"]]))
+    expected = sorted(t.number for t in ranked.best_trials)
+    networks = from_table(TABLE, space)
+    assert list(networks) == [f"{TABLE.name} row {i}" for i in expected]
+    for i in expected:
+        params = networks[f"{TABLE.name} row {i}"]
+        filled = {f"width_{s}_{b}": space.widths[-1] for s in range(space.stages) for b in range(4)} | params
+        assert decode(filled, space) == Architecture.from_dict(rows[i]["arch"])
+        assert params["lr"] == rows[i]["params"]["lr"] and params["batch_size"] == rows[i]["params"]["batch_size"]
+    top = from_table(TABLE, space, top=3)
+    best = sorted(range(len(rows)), key=lambda i: -rows[i]["val_accuracy"][-1])[:3]
+    assert sorted(top) == sorted(f"{TABLE.name} row {i}" for i in best)
+
+
+def test_from_table_refuses_a_row_outside_the_space_and_a_file_that_is_no_table(tmp_path):
+    proc = nasopt(tmp_path, "enqueue", "--study", "t", "--config", DEMO, "--from-table", str(TABLE))
+    assert_user_error(proc, f"--from-table: {TABLE.name} row ", "is outside space.widths", "widen the study's space")
+    proc = nasopt(tmp_path, "enqueue", "--study", "t", "--config", DEMO, "--from-table", str(KNOWN))
+    assert_user_error(proc, f"--from-table {KNOWN}: not a nasopt tabular benchmark")
+    assert not (tmp_path / "storage" / "nasopt.db").exists()
+
+
+def test_enqueue_from_table_queues_each_row_once(tmp_path):
+    args = ["--study", "t", "--config", str(ROOT / "studies" / "naslung.toml"), "--from-table", str(TABLE)]
+    first = nasopt(tmp_path, "enqueue", *args)
+    assert first.returncode == 0, first.stderr
+    n = int(re.search(r"queued (\d+) of", first.stdout).group(1))
+    assert n >= 2 and f"queued {n} of {n} networks" in first.stdout
+    again = nasopt(tmp_path, "enqueue", *args)
+    assert f"queued 0 of {n} networks ({n} already queued or run)" in again.stdout, again.stdout
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/storage/nasopt.db")
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == n

@@ -269,6 +269,11 @@ def enqueue(
         str | None, typer.Option(help="Another study in the same storage: its complete trials' networks.")
     ] = None,
     front: Annotated[bool, typer.Option(help="With --from-study: its Pareto front only.")] = False,
+    from_table: Annotated[
+        Path | None,
+        typer.Option(help="A tabular benchmark, e.g. benchmarks/nasbench/naslung-phantom.json.gz: its front."),
+    ] = None,
+    top: Annotated[int | None, typer.Option(min=1, help="With --from-table: its N most accurate rows instead.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     storage: StorageOpt = None,
@@ -278,13 +283,14 @@ def enqueue(
     A network the study's [space] cannot hold is refused in one line naming its slot, and then
     nothing is queued. A network already queued or run is not queued again.
     """
-    if (file is None) == (from_study is None):
-        raise NasoptError("enqueue: give exactly one of --file FILE or --from-study NAME")
+    if sum(x is not None for x in (file, from_study, from_table)) != 1:
+        raise NasoptError("enqueue: give exactly one of --file FILE, --from-study NAME or --from-table FILE")
     cfg = load_config(config, list(set_ or []))
     import optuna
 
     from nasopt.search.warmstart import enqueue as put
     from nasopt.search.warmstart import from_study as networks_of
+    from nasopt.search.warmstart import from_table as table_rows
     from nasopt.search.warmstart import read_networks
     from nasopt.storages.study import create_or_load, load_study
     from nasopt.storages.url import open_storage
@@ -292,6 +298,8 @@ def enqueue(
     # Every network is checked before the study is touched.
     if file is not None:
         networks = read_networks(file, cfg.space)
+    elif from_table is not None:
+        networks = table_rows(from_table, cfg.space, top)
     else:
         networks = networks_of(load_study(from_study, open_storage(storage, heartbeat=None, create=False))[0],
                                cfg.space, front)  # fmt: skip

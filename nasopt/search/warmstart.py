@@ -7,6 +7,8 @@ repaired into another network. Unused width slots are left out, so the sampler f
 
 from __future__ import annotations
 
+import gzip
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,35 @@ def from_study(other: optuna.Study, space: SpaceSection, front: bool = False) ->
             raise ConfigError(f"--from-study {other.study_name}: trial {t.number} has no {Key.ARCH} record") from None
         except ConfigError as exc:
             raise ConfigError(f"--from-study: {name}: {exc}; widen the study's space or pass --front") from None
+    return found
+
+
+def from_table(path: str | Path, space: SpaceSection, top: int | None = None) -> dict[str, dict[str, Any]]:
+    """The best rows of a tabular benchmark (``benchmarks/nasbench/*.json.gz``): its Pareto front of
+    last-epoch validation accuracy against parameters, or with ``top`` its ``top`` most accurate
+    rows; each as genes with its row's lr and batch size, checked as :func:`read_networks` checks."""
+    try:
+        with gzip.open(path, "rt") as f:
+            rows = json.load(f)["rows"]
+        scored = [(float(row["val_accuracy"][-1]), int(row["n_params"]), i) for i, row in enumerate(rows)]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ConfigError(
+            f"--from-table {path}: not a nasopt tabular benchmark ({exc}); see benchmarks/nasbench/"
+        ) from None
+    if top is not None:
+        chosen = [i for _, _, i in sorted(scored, key=lambda s: (-s[0], s[1], s[2]))[:top]]
+    else:  # no row at least as accurate and as small, and better in one
+        chosen = [
+            i for a, n, i in scored if not any(a2 >= a and n2 <= n and (a2, n2) != (a, n) for a2, n2, _ in scored)
+        ]
+    found: dict[str, dict[str, Any]] = {}
+    for i in chosen:
+        row, name = rows[i], f"{Path(path).name} row {i}"
+        try:
+            arch = Architecture.from_dict(row["arch"])
+            found[name] = genes(arch, space, row["params"].get("lr"), row["params"].get("batch_size"))
+        except ConfigError as exc:
+            raise ConfigError(f"--from-table: {name}: {exc}; widen the study's space") from None
     return found
 
 
