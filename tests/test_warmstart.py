@@ -105,6 +105,11 @@ def test_queued_networks_train_exactly_once_with_four_workers(tmp_path, cache_di
         filled = {f"width_{s}_{b}": 4 for s in range(space.stages) for b in range(4)} | fixed
         assert decode(filled, space) == Architecture.from_dict(t.user_attrs["arch"])
         assert (fixed["lr"], fixed["batch_size"]) == (t.params["lr"], t.params["batch_size"])
+    # A study whose space cannot hold them: one line naming the network and its slot; nothing queued.
+    narrower = nasopt(tmp_path, "enqueue", "--from-study", "w", "--study", "w3", *common[2:],
+                      "--set", "space.widths=[4, 8]")  # fmt: skip
+    assert_user_error(narrower, "--from-study: w trial ", "is outside space.widths [4, 8]")
+    assert "w3" not in [s.study_name for s in optuna.get_all_study_summaries(url)]
 
 
 TABLE = ROOT / "benchmarks" / "nasbench" / "naslung-phantom.json.gz"
@@ -137,6 +142,15 @@ def test_from_table_queues_the_tables_front_as_optuna_ranks_it():
     top = from_table(TABLE, space, top=3)
     best = sorted(range(len(rows)), key=lambda i: -rows[i]["val_accuracy"][-1])[:3]
     assert sorted(top) == sorted(f"{TABLE.name} row {i}" for i in best)
+
+
+def test_an_enqueue_file_with_an_unknown_key_is_refused_in_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[network]]\nname = "x"\nstages = [[4], [4], [4]]\ncbam_stem = true\n'
+                   'cbam_stages = [true, true, true]\nmargin = 2\nwidth = 8\n')  # fmt: skip
+    proc = nasopt(tmp_path, "enqueue", "--study", "t", "--config", DEMO, "--file", str(bad))
+    assert_user_error(proc, f"{bad}: network 'x': unknown key 'width'; a network has batch_size, cbam_stages")
+    assert not (tmp_path / "storage" / "nasopt.db").exists()
 
 
 def test_from_table_refuses_a_row_outside_the_space_and_a_file_that_is_no_table(tmp_path):

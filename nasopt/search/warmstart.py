@@ -66,6 +66,10 @@ def genes(arch: Architecture, space: SpaceSection, lr: float | None = None, batc
     return params
 
 
+#: The keys of a ``[[network]]`` table.
+NETWORK_KEYS = {"name", "stages", "cbam_stem", "cbam_stages", "margin", "lr", "batch_size"}
+
+
 def read_networks(path: str | Path, space: SpaceSection) -> dict[str, dict[str, Any]]:
     """``[[network]]`` tables of ``path`` (``name``, ``stages``, ``cbam_stem``, ``cbam_stages``,
     ``margin``; ``lr`` and ``batch_size`` optional), as genes by name. Every network is checked
@@ -83,6 +87,8 @@ def read_networks(path: str | Path, space: SpaceSection) -> dict[str, dict[str, 
     for i, table in enumerate(tables):
         name = str(table.get("name", f"network {i}"))
         where = f"{path}: network {name!r}"
+        if unknown := sorted(set(table) - NETWORK_KEYS):
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; a network has {', '.join(sorted(NETWORK_KEYS))}")
         try:
             arch = Architecture.from_dict({"stem_width": space.stem_width, **table})
             found[name] = genes(arch, space, table.get("lr"), table.get("batch_size"))
