@@ -73,25 +73,30 @@ def test_queued_networks_train_exactly_once_with_four_workers(tmp_path, cache_di
         "cbam_stages = [true, true, true]\nmargin = 4\n\n"
         '[[network]]\nname = "narrow"\nstages = [[4], [8], [8, 16]]\ncbam_stem = false\n'
         "cbam_stages = [false, true, false]\nmargin = 1\nlr = 1e-3\nbatch_size = 8\n"
+        + "".join(
+            f'[[network]]\nname = "plain {w}"\nstages = [[4], [{w}], [{w}]]\ncbam_stem = false\n'
+            "cbam_stages = [false, false, false]\nmargin = 2\n"
+            for w in (4, 8, 16)
+        )
     )
     url = f"sqlite:///{tmp_path}/s.db"
     common = ["--study", "w", "--storage", url, *small(cache_dir)[:-2], "--set", 'fidelity.strategy="none"']
     queued = nasopt(tmp_path, "enqueue", "--file", str(fits), *common)
     assert queued.returncode == 0, queued.stdout + queued.stderr
-    assert "queued 2 of 2 networks" in queued.stdout
+    assert "queued 5 of 5 networks" in queued.stdout
     again = nasopt(tmp_path, "enqueue", "--file", str(fits), *common)
-    assert "queued 0 of 2 networks (2 already queued or run)" in again.stdout
-    run = nasopt(tmp_path, "launch", "--workers", "4", "--max-trials", "4", *common)
+    assert "queued 0 of 5 networks (5 already queued or run)" in again.stdout
+    run = nasopt(tmp_path, "launch", "--workers", "4", "--max-trials", "6", *common)
     assert run.returncode == 0, run.stdout + run.stderr
     trials = optuna.load_study(study_name="w", storage=url).get_trials()
     warm = sorted(t.user_attrs["warm_start"] for t in trials if "warm_start" in t.user_attrs)
-    assert warm == ["0.03 M", "narrow"]  # each queued network ran once
+    assert warm == ["0.03 M", "narrow", "plain 16", "plain 4", "plain 8"]  # each queued network ran once
     assert {t.state for t in trials if "warm_start" in t.user_attrs} == {TrialState.COMPLETE}
     narrow = next(t for t in trials if t.user_attrs.get("warm_start") == "narrow")
     assert Architecture.from_dict(narrow.user_attrs["arch"]) == Architecture(((4,), (8,), (8, 16)), False,
                                                                             (False, True, False), 1)  # fmt: skip
     assert (narrow.params["lr"], narrow.params["batch_size"]) == (1e-3, 8)
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 6  # 5 queued, 1 sampled: the budget is exact
     # Another study starts from this one's front: the same networks, with their trials' settings.
     seeded = nasopt(tmp_path, "enqueue", "--from-study", "w", "--front", "--study", "w2", *common[2:])
     assert seeded.returncode == 0, seeded.stdout + seeded.stderr
