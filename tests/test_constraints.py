@@ -78,6 +78,8 @@ def test_no_network_over_max_params_reaches_the_trainer_and_each_ends_infeasible
         value, limit = t.user_attrs[Key.OVER_BUDGET]["params"]
         assert value == t.user_attrs[Key.PARAMS] > limit == BUDGET
         assert t.values[0] == 0.0 and Key.WEIGHTS not in t.user_attrs and Key.CURVE not in t.user_attrs
+        assert Key.LATENCY not in t.user_attrs  # latency is no budget here: measured only once trained
+    assert all(t.user_attrs[Key.LATENCY] > 0 for t in trials if t not in over)
     # The sampler recorded Optuna's constraint values: relative violation, > 0 exactly when over.
     for t in trials:
         assert t.constraints == {"0": pytest.approx(t.user_attrs[Key.PARAMS] / BUDGET - 1)}

@@ -89,6 +89,8 @@ class Objective:
             with self.shield():
                 trial.set_user_attr(Key.FAIL_REASON, str(exc))  # shown by the dashboard and `search`
             raise
+        if Key.LATENCY not in known:  # nothing needed it first: measured once trained, so stopped trials skip it
+            known |= self._latency(arch)
         values = {val_key(k): v for k, v in result.metrics.items()} | known
         record = {
             Key.CURVE: result.curve,
@@ -106,17 +108,20 @@ class Objective:
         return tuple(float(values[o]) for o in self.cfg.study.objectives)
 
     def _known(self, arch: Architecture) -> dict[str, Any]:
-        """What is known before training: parameters, FLOPs and (with its device) the measured
-        latency. Latency is left out only for a network already over another budget, unless it
-        is an objective."""
+        """What is known before training: parameters, FLOPs and, when an objective or a budget
+        needs it, the measured latency (not for a network already over another budget, unless
+        latency is an objective)."""
         known: dict[str, Any] = {
             Key.PARAMS: count_params(build_network(arch)),
             Key.FLOPS: count_flops(arch, self.cfg.train.input_size),
         }
-        if over(known, self.limits) and Key.LATENCY not in self.cfg.study.objectives:
-            return known
+        if Key.LATENCY in self.cfg.study.objectives or (Key.LATENCY in self.limits and not over(known, self.limits)):
+            known |= self._latency(arch)
+        return known
+
+    def _latency(self, arch: Architecture) -> dict[str, Any]:
         latency = measure(build_network(arch), self.cfg.train.input_size, self.device, self.cfg.train.channels_last)
-        return known | {
+        return {
             Key.LATENCY: latency.ms[1],
             Key.LATENCY_32: latency.ms[32],
             Key.DEVICE_NAME: latency.device_name,
