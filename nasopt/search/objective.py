@@ -34,8 +34,8 @@ from nasopt.training.fit import FitResult, TrainingDiverged, fit
 
 #: An untrained (over-budget) trial's value for each validation metric (all maximized): the worst there is.
 UNTRAINED_METRIC = 0.0
-#: The record's keys known before training (see Objective._known).
-_KNOWN = (Key.PARAMS, Key.FLOPS, Key.LATENCY, Key.LATENCY_32, Key.DEVICE_NAME, Key.LATENCY_SECONDS)
+#: The record's keys known before training (see Objective._known), kept by a trial stopped early.
+_KNOWN = (Key.PARAMS, Key.FLOPS, Key.LATENCY, Key.LATENCY_32, Key.DEVICE_NAME, Key.LATENCY_SECONDS, Key.PROVENANCE)
 
 
 @dataclass(frozen=True)
