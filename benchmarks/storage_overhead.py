@@ -214,6 +214,21 @@ def grpc_proxy(db_url: str, cached: bool, log: Path) -> Iterator[str]:
 # --- What a trial records (shared by the pre-fill and the workers' objective). ---
 
 
+#: A worker's provenance record (nasopt.search.provenance), as large as a real one.
+PROVENANCE = {
+    "nasopt": "0.1.0",
+    "git": {"commit": "0" * 40, "dirty": False},
+    "torch": "2.13.0+cu128",
+    "optuna": "5.1.0",
+    "numpy": "2.4.6",
+    "device": "NVIDIA H100 80GB HBM3",
+    "deterministic": {"precision": "bf16", "threads": 8, "channels_last": "auto",
+                      "deterministic_algorithms": False, "cudnn_benchmark": False},
+    "data": "0123456789abcdef",
+    "split": "fedcba9876543210",
+}  # fmt: skip
+
+
 def trial_record(
     rng: random.Random, arch: Any, number: int, worker: dict[str, Any], artifact_ids: dict[str, str]
 ) -> tuple[dict[str, Any], tuple[float, float], str]:
@@ -242,9 +257,14 @@ def trial_record(
         Key.SAMPLES_PER_S: round(samples_per_s, 1),
         Key.NORM: [-700.0 + rng.uniform(-50, 50), 300.0 + rng.uniform(-30, 30)],
         Key.DEVICE: "cuda:0",
+        Key.LATENCY: round(rng.uniform(1, 20), 3),
+        Key.LATENCY_32: round(rng.uniform(5, 200), 3),
+        Key.DEVICE_NAME: "NVIDIA H100 80GB HBM3",
+        Key.LATENCY_SECONDS: round(rng.uniform(0.1, 1), 3),
+        Key.PROVENANCE: PROVENANCE | {"seed": number},
         **artifact_ids,
     }
-    note = trial_note(number, arch, params, flops, metrics, seconds, samples_per_s, "cuda:0")
+    note = trial_note(number, arch, attrs)
     return attrs, (metrics["accuracy"], float(params)), note
 
 
