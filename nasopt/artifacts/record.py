@@ -55,11 +55,6 @@ def val_key(metric: str) -> str:
     return f"val_{metric}"
 
 
-def feasible(trial: FrozenTrial) -> bool:
-    """Within every [constraints] budget (Optuna's constraint values, all <= 0)."""
-    return all(c <= 0 for c in trial.constraints.values())
-
-
 def trained(study: optuna.Study) -> list[FrozenTrial]:
     """The complete trials that trained a network: an over-budget one completes untrained."""
     return [

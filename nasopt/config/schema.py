@@ -33,6 +33,8 @@ OBJECTIVES = {
     "flops": "minimize",
     "latency_ms": "minimize",  # measured at batch 1 on the worker's device
 }
+#: Each [constraints] key, by the trial attribute (and objective) it bounds.
+CONSTRAINT_FIELDS = {"params": "max_params", "flops": "max_flops", "latency_ms": "max_latency_ms"}
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
 WIDTH_CHOICES = (4, 8, 16, 32, 64, 128)
@@ -210,7 +212,7 @@ class ConstraintsSection(_Section):
 
     def limits(self) -> dict[str, float]:
         """The budgets that are set, by the trial attribute they bound (``params``, ``flops``, ``latency_ms``)."""
-        given = {"params": self.max_params, "flops": self.max_flops, "latency_ms": self.max_latency_ms}
+        given = {key: getattr(self, field) for key, field in CONSTRAINT_FIELDS.items()}
         return {key: float(limit) for key, limit in given.items() if limit is not None}
 
 

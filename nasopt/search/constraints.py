@@ -15,13 +15,12 @@ import torch
 from optuna.trial import FrozenTrial
 
 from nasopt.artifacts.record import Key
-from nasopt.config.schema import SpaceSection, StudyConfig
+from nasopt.config.schema import CONSTRAINT_FIELDS, SpaceSection, StudyConfig
 from nasopt.errors import ConfigError
 from nasopt.inference.latency import measure
 from nasopt.model import Architecture, build_network, count_flops, count_params
 
-#: Each budget's study-file key, by the trial attribute it bounds.
-FIELDS = {Key.PARAMS: "max_params", Key.FLOPS: "max_flops", Key.LATENCY: "max_latency_ms"}
+FIELDS = CONSTRAINT_FIELDS  # each budget's study-file key, by the trial attribute it bounds
 
 
 def violations(values: dict[str, float], limits: dict[str, float]) -> list[float]:
