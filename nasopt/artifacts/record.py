@@ -16,7 +16,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nasopt.errors import DataError
+from nasopt.errors import ConfigError, DataError
 from nasopt.model.architecture import Architecture
 
 
@@ -62,6 +62,34 @@ def trained(study: optuna.Study) -> list[FrozenTrial]:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if Key.OVER_BUDGET not in t.user_attrs
     ]
+
+
+def trained_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """Trial ``number`` of ``study``, when it trained a network; else one line naming the trials that did."""
+    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not found:
+        state = "does not exist"
+    elif found[0].state != TrialState.COMPLETE:
+        state = f"is {found[0].state.name.lower()}, not complete"
+    elif Key.OVER_BUDGET in found[0].user_attrs:
+        state = "was over its [constraints] budget and never trained"
+    else:
+        return found[0]
+    listed = number_ranges([t.number for t in trained(study)]) or "none"
+    raise ConfigError(
+        f"--trial {number}: trial {number} of study {study.study_name!r} {state}; trained trials: {listed}"
+    )
+
+
+def number_ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2, 5``: runs of three or more as ranges."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and runs[-1][-1] == n - 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
 
 
 def front(study: optuna.Study, device_name: str | None = None) -> list[FrozenTrial]:

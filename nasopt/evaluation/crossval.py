@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from nasopt.artifacts.checkpoint import CheckpointHeader, build_model
-from nasopt.artifacts.record import TrialRecord
+from nasopt.artifacts.record import TrialRecord, number_ranges, trained, trained_trial
 from nasopt.config.schema import SpaceSection, StudyConfig, TrainSection
 from nasopt.data.noduleset import NoduleSet
 from nasopt.data.prepare import load_data
@@ -204,15 +203,7 @@ def plan_study(name: str, open_study: OpenStudy, trial: int | None = None) -> Pl
         auc = record.metrics.get("auc", float("nan"))
         how = f"trial {record.number}, the Pareto-front trial with the best validation AUC ({auc:.3f})"
     else:
-        found = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
-        if not found or found[0].state != TrialState.COMPLETE:
-            complete = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-            state = f"is {found[0].state.name.lower()}, not complete" if found else "does not exist"
-            raise ConfigError(
-                f"--trial {trial}: trial {trial} of study {name!r} {state}; complete trials: "
-                f"{_ranges(complete) or 'none'}"
-            )
-        record = TrialRecord.from_trial(found[0])
+        record = TrialRecord.from_trial(trained_trial(study, trial))
         how = f"trial {trial} as asked"
     member = _planned(record, 1.0, cfg.space)
     note = f"{how}: {record.arch.summary()}, lr {member.lr:.2g}, batch size {member.batch_size}"
@@ -270,7 +261,7 @@ def _find_study(name: str, open_study: OpenStudy) -> tuple[StudyConfig | None, d
     except NasoptError as exc:
         return None, {}, f"study {name!r} is not reachable ({exc})"
     records = {}
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in trained(study):
         try:
             records[t.number] = TrialRecord.from_trial(t)
         except DataError:
@@ -299,7 +290,7 @@ def crossval(
     chosen = present if folds is None else sorted(folds)
     missing = [k for k in chosen if k not in present]
     if missing:
-        raise ConfigError(f"--folds: fold {missing[0]} is not one of the data's folds {_ranges(present)}")
+        raise ConfigError(f"--folds: fold {missing[0]} is not one of the data's folds {number_ranges(present)}")
 
     if plan.search_patients is None:
         sets = study_sets(cfg, ns)
@@ -417,19 +408,8 @@ def _protocol_notes(
 
 
 def _folds(numbers: list[int]) -> str:
-    return f"fold {numbers[0]}" if len(numbers) == 1 else f"folds {_ranges(numbers)}"
+    return f"fold {numbers[0]}" if len(numbers) == 1 else f"folds {number_ranges(numbers)}"
 
 
 def _was(numbers: list[int]) -> str:
     return "was" if len(numbers) == 1 else "were"
-
-
-def _ranges(numbers: list[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``0-2, 5``: runs of three or more as ranges."""
-    runs: list[list[int]] = []
-    for n in sorted(set(numbers)):
-        if runs and runs[-1][-1] == n - 1:
-            runs[-1].append(n)
-        else:
-            runs.append([n])
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)

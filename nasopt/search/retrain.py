@@ -17,15 +17,13 @@ from pathlib import Path
 import numpy as np
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from nasopt.artifacts.checkpoint import CheckpointHeader, save_model
-from nasopt.artifacts.record import Key, TrialRecord, read_predictions
+from nasopt.artifacts.record import Key, TrialRecord, read_predictions, trained_trial
 from nasopt.artifacts.store import artifact_location, fetch_artifact, study_artifacts
 from nasopt.config.schema import StudyConfig
 from nasopt.data.prepare import load_data
 from nasopt.data.splits import study_sets
-from nasopt.errors import ConfigError
 from nasopt.search.provenance import differences, provenance
 from nasopt.training.fit import fit
 
@@ -46,22 +44,11 @@ class Retrained:
         return self.max_difference == 0.0
 
 
-def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
-    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    if not found or found[0].state != TrialState.COMPLETE:
-        state = f"is {found[0].state.name.lower()}, not complete" if found else "does not exist"
-        name = study.study_name
-        raise ConfigError(f"--trial {number}: trial {number} of study {name!r} {state}; pick a complete one")
-    if Key.OVER_BUDGET in found[0].user_attrs:
-        raise ConfigError(f"--trial {number}: trial {number} was over its [constraints] budget and never trained")
-    return found[0]
-
-
 def retrain(
     study: optuna.Study, cfg: StudyConfig, number: int, url: str | None, device: torch.device, out: Path | None = None
 ) -> Retrained:
     """Train trial ``number`` of ``study`` again and compare its validation predictions with the stored ones."""
-    trial = _trial(study, number)
+    trial = trained_trial(study, number)
     record = TrialRecord.from_trial(trial)
     recorded = trial.user_attrs.get(Key.PROVENANCE) or {}
     store, where = study_artifacts(study, url), artifact_location(study, url)
