@@ -44,6 +44,11 @@ def over(values: dict[str, float], limits: dict[str, float]) -> dict[str, list[f
     return {key: [values[key], limit] for key, limit in limits.items() if key in values and values[key] > limit}
 
 
+def describe(over_limits: dict[str, list[float]]) -> str:
+    """``params 100,292 > max_params 100,000``: what :func:`over` found, for notes and progress lines."""
+    return ", ".join(f"{key} {value:,.6g} > {FIELDS[key]} {limit:,.6g}" for key, (value, limit) in over_limits.items())
+
+
 def smallest(space: SpaceSection) -> Architecture:
     """The space's smallest network in parameters and FLOPs: the fewest blocks, the narrowest
     width, CBAM off where the space allows; extra blocks that total_depth asks for go to the last

@@ -26,7 +26,7 @@ from nasopt.config.schema import OBJECTIVES, StudyConfig
 from nasopt.data.noduleset import NoduleSet
 from nasopt.inference.latency import measure
 from nasopt.model import Architecture, build_network, count_flops, count_params
-from nasopt.search.constraints import FIELDS, over
+from nasopt.search.constraints import describe, over
 from nasopt.search.pruners.moasha import MOASHA, to_minimize
 from nasopt.search.space import suggest
 from nasopt.storages.writes import deferred_writes, save_note, set_user_attrs
@@ -136,10 +136,7 @@ class Objective:
         record = known | {Key.OVER_BUDGET: over_limits, Key.DEVICE: str(self.device)}
         with self.shield():
             set_user_attrs(trial, record)
-            why = ", ".join(
-                f"{key} {value:,.6g} > {FIELDS[key]} {limit:,.6g}" for key, (value, limit) in over_limits.items()
-            )
-            self._note(trial, arch, record, stopped=f"not trained: {why}")
+            self._note(trial, arch, record, stopped=f"not trained: {describe(over_limits)}")
         return tuple(float(known.get(o, UNTRAINED_METRIC)) for o in self.cfg.study.objectives)
 
     def _fit(self, trial: optuna.Trial, arch: Architecture, hparams: dict, known: dict[str, Any]) -> FitResult:

@@ -43,7 +43,7 @@ from nasopt.artifacts.store import artifact_location, study_artifacts
 from nasopt.config.schema import StudyConfig
 from nasopt.data.prepare import load_data
 from nasopt.data.splits import study_sets
-from nasopt.search.constraints import check_reachable
+from nasopt.search.constraints import check_reachable, describe
 from nasopt.search.objective import Objective, Presentation
 from nasopt.search.provenance import provenance
 from nasopt.search.pruners.moasha import make_fidelity
@@ -222,7 +222,7 @@ def _report(console: Console):
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         a = trial.user_attrs
         if trial.state == TrialState.COMPLETE and Key.OVER_BUDGET in a:
-            over = ", ".join(f"{key} {value:,.6g} > {limit:,.6g}" for key, (value, limit) in a[Key.OVER_BUDGET].items())
+            over = describe(a[Key.OVER_BUDGET])
             console.print(f"trial {trial.number:>3}  over budget, not trained: {over}  {a[Key.ARCH_SUMMARY]}")
         elif trial.state == TrialState.COMPLETE:
             console.print(
